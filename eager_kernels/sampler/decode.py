@@ -1,0 +1,297 @@
+"""The batched, KV-cached EAGer decode loop (one budget stage).
+
+All active paths of all prompts are rows of one batch: one model forward per step, one
+eager_step per step, and one host read per step (a packed tensor of four counters: rows that
+go on, finished rows kept, whether the cache order changed, branch events). Everything else
+stays on the device:
+
+- the path table: generated tokens [N, T], entropies [N, T], branch marks [N, T], cumulative
+  log-probability, branch count, group (prompt), finished / stopped flags. Rows 0..R-1 are
+  the active paths in the cache's row order; rows R..N-1 are finished paths still held
+  (they count toward M in the paper policy and compete in pruning in the seed policy).
+- each step expands every active row into its children (1, or n on a branch), adds the
+  finished rows as candidates, selects the kept ones (cap M, or pruning per prompt by a
+  segmented rank), and orders them active-first with one stable sort;
+- the cache is reordered with one index_select per layer (duplicating a parent's rows on a
+  branch, dropping finished and pruned rows), and skipped when nothing moved.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+
+import torch
+
+from .. import ops
+from ..history import EntropyHistory
+from .config import EagerConfig
+
+
+class EagerMemoryError(MemoryError):
+    """The configuration's KV cache cannot fit in the memory limit."""
+
+
+# ---------------------------------------------------------------------------------------
+# Model plumbing
+# ---------------------------------------------------------------------------------------
+
+
+def _forward_kwargs(model):
+    """The names this transformers version uses for the cache and the last-logits option."""
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    if "logits_to_keep" in params:
+        keep_kw = "logits_to_keep"
+    elif "num_logits_to_keep" in params:
+        keep_kw = "num_logits_to_keep"
+    else:
+        keep_kw = None
+    return cache_kw, keep_kw
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of K and V one token of one row takes in every layer."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = int(cfg.num_hidden_layers)
+    heads = int(getattr(cfg, "num_attention_heads", 1))
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * layers * kv_heads * int(head_dim) * elem
+
+
+def default_memory_limit(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.9)
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def check_memory(model, rows: int, seq_len: int, cfg: EagerConfig, device) -> int:
+    """Raise EagerMemoryError when rows x seq_len tokens of KV cache (x2: the dynamic cache
+    is copied when it grows or is reordered) exceed the limit. Returns the estimate."""
+    dtype = next(model.parameters()).dtype
+    need = 2 * rows * seq_len * kv_bytes_per_token(model.config, dtype)
+    limit = cfg.memory_limit_bytes if cfg.memory_limit_bytes is not None else default_memory_limit(device)
+    if need > limit:
+        raise EagerMemoryError(
+            f"the KV cache of this configuration needs about {need / 2**30:.2f} GiB "
+            f"({rows} rows = prompts x min(M, prune_to), x {seq_len} tokens = prompt + "
+            f"max_new_tokens, x2 for copies) but the limit is {limit / 2**30:.2f} GiB; lower "
+            f"max_paths_per_prompt, max_new_tokens or the number of prompts per call, or "
+            f"raise memory_limit_bytes"
+        )
+    return need
+
+
+# ---------------------------------------------------------------------------------------
+# One stage
+# ---------------------------------------------------------------------------------------
+
+
+def _segmented_rank(score: torch.Tensor, grp: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Rank of each entry within its group by descending score (ties: lower index first)."""
+    o1 = torch.argsort(score, descending=True, stable=True)
+    o2 = torch.argsort(grp[o1], stable=True)
+    order = o1[o2]
+    counts = torch.bincount(grp, minlength=num_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank_sorted = torch.arange(score.numel(), device=score.device) - starts[grp[order]]
+    rank = torch.empty_like(rank_sorted)
+    rank[order] = rank_sorted
+    return rank
+
+
+def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: list,
+              stop_seqs: list, pad_id: int, seed: int, metrics, progress=None) -> list:
+    """Decode one tree per prompt (prompts: lists of token ids, caps: M per prompt) and
+    return, per prompt, a list of raw path dicts. Updates `metrics` in place."""
+    device = next(model.parameters()).device
+    G = len(prompts)
+    T = cfg.max_new_tokens
+    seed_policy = cfg.policy == "seed"
+    prune = cfg.prune_to
+    caps_t = torch.tensor(caps, dtype=torch.int64, device=device)
+    keep_n = caps_t.clamp_max(prune) if prune is not None else caps_t  # most kept rows per prompt
+    k = cfg.candidates_k
+    nmax = cfg.num_branches
+    cache_kw, keep_kw = _forward_kwargs(model)
+
+    P = max(len(p) for p in prompts)
+    max_rows = int(keep_n.sum())
+    check_memory(model, max_rows, P + T, cfg, device)
+
+    # Prefill: left-padded prompts, positions counted over real tokens only.
+    ids = torch.full((G, P), pad_id, dtype=torch.int64)
+    pmask = torch.zeros((G, P), dtype=torch.int64)
+    for g, p in enumerate(prompts):
+        ids[g, P - len(p):] = torch.tensor(p, dtype=torch.int64)
+        pmask[g, P - len(p):] = 1
+    ids, pmask = ids.to(device), pmask.to(device)
+    real_len = pmask.sum(1)
+    pos = (pmask.cumsum(1) - 1).clamp_min(0)
+    cache = _new_cache(model)
+    extra = {keep_kw: 1} if keep_kw else {}
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, attention_mask=pmask, position_ids=pos, use_cache=True,
+                **{cache_kw: cache}, **extra)
+    logits = out.logits[:, -1, :]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    metrics.prefill_s += time.perf_counter() - t0
+    metrics.forward_passes += 1
+
+    # The path table (rows 0..R-1 active, R..N-1 finished).
+    tok = torch.full((G, T), -1, dtype=torch.int64, device=device)
+    ent = torch.zeros((G, T), dtype=torch.float32, device=device)
+    brf = torch.zeros((G, T), dtype=torch.bool, device=device)
+    cum = torch.zeros(G, dtype=torch.float64, device=device)
+    nbr = torch.zeros(G, dtype=torch.int64, device=device)
+    length = torch.zeros(G, dtype=torch.int64, device=device)
+    grp = torch.arange(G, dtype=torch.int64, device=device)
+    eosf = torch.zeros(G, dtype=torch.bool, device=device)
+    stopped = torch.zeros(G, dtype=torch.bool, device=device)
+    R, N = G, G
+    peak = torch.ones(G, dtype=torch.int64, device=device)
+
+    history = EntropyHistory(G, max(1, T * int(keep_n.max())), device=device, backend=cfg.backend)
+    eos_t = torch.tensor(eos_ids or [-2], dtype=torch.int64, device=device)
+    stops = [torch.tensor(s, dtype=torch.int64, device=device) for s in stop_seqs if len(s) > 0]
+    arange_j = torch.arange(nmax, device=device)
+    ones_col = torch.ones((1, 1), dtype=torch.int64, device=device)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=T, desc="eager decode", unit="tok", leave=False)
+    t0 = time.perf_counter()
+    for t in range(T):
+        agrp = grp[:R]
+        res = ops.eager_step(logits, history, agrp, k=k, temperature=cfg.temperature,
+                             entropy_top_k=cfg.entropy_top_k, q=cfg.q, theta=cfg.theta,
+                             initial_threshold=cfg.initial_threshold, seed=seed, offset=t,
+                             backend=cfg.backend)
+        # How many children each row opens.
+        want = res.branch & ~stopped[:R]
+        if seed_policy and cfg.branch_divisor is not None:
+            nk = torch.clamp(torch.clamp(cfg.branch_divisor // (1 + nbr[:R]), max=nmax), min=1)
+        else:
+            nk = torch.full((R,), nmax, dtype=torch.int64, device=device)
+        req = torch.where(want, nk - 1, torch.zeros_like(nk))
+        if prune is None:
+            # Cap M counting finished paths: grant new paths in row order within a prompt.
+            live = torch.bincount(grp[:N], minlength=G)
+            room = (caps_t - live).clamp_min(0)
+            member = agrp[None, :] == torch.arange(G, device=device)[:, None]
+            before = (member * req[None, :]).cumsum(1).gather(0, agrp[None, :])[0] - req
+            req = torch.minimum(req, (room[agrp] - before).clamp_min(0))
+        branched = req > 0
+        nk = req + 1
+
+        # Candidates: children of active rows [R * nmax], then the finished rows.
+        lse = logits.gather(1, res.cand_ids[:, :1]).float()[:, 0] - res.cand_logprobs[:, 0]
+        tok0 = torch.where(branched, res.cand_ids[:, 0], res.token)
+        lp0 = torch.where(branched | (res.token == res.cand_ids[:, 0]), res.cand_logprobs[:, 0],
+                          logits.gather(1, res.token[:, None]).float()[:, 0] - lse)
+        ctok = res.cand_ids[:, :nmax].clone()
+        clp = res.cand_logprobs[:, :nmax].clone()
+        ctok[:, 0] = tok0
+        clp[:, 0] = lp0
+        cvalid = arange_j[None, :] < nk[:, None]
+        F = N - R
+        src = torch.cat([torch.arange(R, device=device).repeat_interleave(nmax),
+                         torch.arange(R, N, device=device)])
+        is_new = torch.cat([cvalid.reshape(-1), torch.zeros(F, dtype=torch.bool, device=device)])
+        valid = torch.cat([cvalid.reshape(-1), torch.ones(F, dtype=torch.bool, device=device)])
+        new_tok = torch.cat([ctok.reshape(-1), torch.full((F,), -1, dtype=torch.int64, device=device)])
+        add_lp = torch.cat([clp.reshape(-1).double(), torch.zeros(F, dtype=torch.float64, device=device)])
+        ccum = cum[src] + add_lp
+        cgrp = grp[src]
+        c_eos = is_new & torch.isin(new_tok, eos_t)
+        cfin = ~is_new | c_eos | (t + 1 >= T)
+
+        if prune is not None:
+            rank = _segmented_rank(torch.where(valid, ccum, torch.full_like(ccum, -float("inf"))), cgrp, G)
+            keep = valid & (rank < keep_n[cgrp])
+        else:
+            keep = valid
+        key = torch.where(keep, cfin.to(torch.int64), torch.full_like(src, 2))
+        order = torch.argsort(key, stable=True)
+        n_act = (keep & ~cfin).sum()
+        n_fin = (keep & cfin).sum()
+        m = min(R, order.numel())
+        ident = (n_act == R) & (src[order[:m]] == torch.arange(m, device=device)).all()
+        packed = torch.stack([n_act, n_fin, ident.to(torch.int64), branched.sum(), (keep & is_new).sum()])
+        n_act, n_fin, ident, n_branch, n_new = packed.tolist()  # the one host read per step
+
+        sel = order[: n_act + n_fin]
+        s = src[sel]
+        new = is_new[sel]
+        tok, ent, brf = tok[s], ent[s], brf[s]
+        tok[:, t] = torch.where(new, new_tok[sel], tok[:, t])
+        ent[:, t] = torch.where(new, res.entropy[s.clamp_max(R - 1)], ent[:, t])
+        par_branched = branched[s.clamp_max(R - 1)] & new
+        brf[:, t] = brf[:, t] | par_branched
+        cum = ccum[sel]
+        nbr = nbr[s] + par_branched.to(torch.int64)
+        length = torch.where(new, torch.full_like(s, t + 1), length[s])
+        grp = cgrp[sel]
+        eosf = eosf[s] | c_eos[sel]
+        stopped = stopped[s]
+        for seq in stops:
+            L = seq.numel()
+            if t + 1 >= L:
+                stopped = stopped | (new & (tok[:, t + 1 - L: t + 1] == seq).all(1))
+        metrics.branch_events += n_branch
+        metrics.tokens_generated += n_new
+        metrics.steps += 1
+        R, N = n_act, n_act + n_fin
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(rows=R)
+        if R == 0:
+            break
+        peak = torch.maximum(peak, torch.bincount(grp[:R], minlength=G))
+        if not ident:
+            cache.reorder_cache(s[:R])
+        step_mask = torch.cat([pmask[grp[:R]], ones_col.expand(R, t + 1)], dim=1)
+        step_pos = (real_len[grp[:R]] + t)[:, None]
+        out = model(input_ids=tok[:R, t: t + 1], attention_mask=step_mask, position_ids=step_pos,
+                    use_cache=True, **{cache_kw: cache})
+        logits = out.logits[:, -1, :]
+        metrics.forward_passes += 1
+        metrics.decode_rows += R
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    metrics.decode_s += time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+
+    # One copy of the table to the host.
+    host = [x.cpu() for x in (tok, ent, brf, cum, length, grp, eosf)]
+    tok_h, ent_h, brf_h, cum_h, len_h, grp_h, eos_h = host
+    out_paths = [[] for _ in range(G)]
+    for i in range(N):
+        n = int(len_h[i])
+        out_paths[int(grp_h[i])].append(dict(
+            token_ids=tok_h[i, :n].tolist(), logprob=float(cum_h[i]),
+            entropies=ent_h[i, :n].tolist(),
+            branch_steps=torch.nonzero(brf_h[i, :n]).flatten().tolist(),
+            finished="eos" if bool(eos_h[i]) else "length"))
+    peak_h = peak.tolist()
+    return out_paths, peak_h

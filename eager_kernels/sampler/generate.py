@@ -1,0 +1,149 @@
+"""generate(): inputs, the budget stages, and the results."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .budget import allocate_budget
+from .config import EagerConfig, EagerOutput, Metrics, Path, PromptResult
+from .decode import run_stage
+
+
+def _as_token_lists(inputs, tokenizer, attention_mask, chat_template) -> list:
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, torch.Tensor):
+        if inputs.dim() == 1:
+            inputs = inputs[None, :]
+        if inputs.dim() != 2 or inputs.dtype not in (torch.int64, torch.int32):
+            raise ValueError("input_ids: expected an integer tensor [prompts, length]")
+        rows = inputs.cpu().tolist()
+        if attention_mask is not None:
+            mask = attention_mask.cpu().tolist()
+            rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, mask)]
+        return rows
+    inputs = list(inputs)
+    if not inputs:
+        raise ValueError("generate: no prompts")
+    if all(isinstance(x, str) for x in inputs):
+        if tokenizer is None:
+            raise ValueError("generate: text prompts need tokenizer=")
+        use_chat = chat_template if chat_template is not None else bool(getattr(tokenizer, "chat_template", None))
+        out = []
+        for text in inputs:
+            if use_chat:
+                ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                    add_generation_prompt=True, tokenize=True)
+                if hasattr(ids, "keys") and "input_ids" in ids:  # a BatchEncoding (transformers 5)
+                    ids = ids["input_ids"]
+                if ids and isinstance(ids[0], list):
+                    ids = ids[0]
+                out.append([int(t) for t in ids])
+            else:
+                out.append([int(t) for t in tokenizer(text)["input_ids"]])
+        return out
+    if all(isinstance(x, (list, tuple)) for x in inputs):
+        return [[int(t) for t in x] for x in inputs]
+    raise TypeError("generate: expected input_ids (tensor or lists of ints) or a list of strings")
+
+
+def _eos_ids(cfg, tokenizer, model) -> list:
+    if cfg.eos_token_id is not None:
+        e = cfg.eos_token_id
+        return [int(e)] if isinstance(e, int) else [int(x) for x in e]
+    ids = []
+    for src in (getattr(tokenizer, "eos_token_id", None),
+                getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+                getattr(model.config, "eos_token_id", None)):
+        if src is None:
+            continue
+        for x in ([src] if isinstance(src, int) else src):
+            if int(x) not in ids:
+                ids.append(int(x))
+        if ids:
+            break
+    return ids
+
+
+def _stop_seqs(cfg, tokenizer) -> list:
+    seqs = [list(map(int, s)) for s in (cfg.stop_branching_ids or [])]
+    strings = cfg.stop_branching_at
+    if isinstance(strings, str):
+        strings = [strings]
+    for s in strings or []:
+        if tokenizer is None:
+            raise ValueError("stop_branching_at needs tokenizer= (or give stop_branching_ids)")
+        seqs.append(list(tokenizer.encode(s, add_special_tokens=False)))
+    return seqs
+
+
+def _best(paths) -> Optional[Path]:
+    best = None
+    for p in paths:  # first of equal scores wins
+        if best is None or p.score > best.score:
+            best = p
+    return best
+
+
+def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional[EagerConfig] = None, *,
+             tokenizer=None, attention_mask: Optional[torch.Tensor] = None,
+             chat_template: Optional[bool] = None, progress: bool = False) -> EagerOutput:
+    """Entropy-aware generation with a transformers causal LM.
+
+    Args:
+        model: a transformers causal LM (any device; the ops run where its logits are).
+        inputs: input_ids ([prompts, length] tensor, with `attention_mask` if padded; or a
+            list of token-id lists), or a list of strings with `tokenizer`.
+        config: an EagerConfig (default: EagerConfig() = the paper policy).
+        tokenizer: decodes path texts, tokenizes string prompts and stop strings.
+        chat_template: wrap string prompts in the tokenizer's chat template (None: when the
+            tokenizer has one).
+        progress: show a tqdm bar over decode steps.
+
+    Returns an EagerOutput: results[i].paths / .answer per prompt, and metrics.
+    """
+    cfg = config if config is not None else EagerConfig()
+    cfg.validate()
+    prompts = _as_token_lists(inputs, tokenizer, attention_mask, chat_template)
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: a prompt is empty (at least one token is needed)")
+    eos = _eos_ids(cfg, tokenizer, model)
+    stops = _stop_seqs(cfg, tokenizer)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = eos[0] if eos else 0
+    G, M = len(prompts), cfg.max_paths_per_prompt
+    metrics = Metrics()
+    all_paths = [[] for _ in range(G)]
+    peaks = [0] * G
+
+    def stage(name, which, caps, seed):
+        raw, peak = run_stage(model, [prompts[i] for i in which], caps, cfg, eos_ids=eos, stop_seqs=stops,
+                              pad_id=int(pad), seed=seed, metrics=metrics, progress=progress)
+        for j, i in enumerate(which):
+            peaks[i] = max(peaks[i], peak[j])
+            for d in raw[j]:
+                text = tokenizer.decode(d["token_ids"], skip_special_tokens=True) if tokenizer is not None else None
+                all_paths[i].append(Path(prompt_index=i, stage=name, text=text, **d))
+        metrics.stages.append(name)
+
+    with torch.inference_mode():
+        stage("init", list(range(G)), [M] * G, cfg.seed)
+        if cfg.budget != "init":
+            used = [len(p) for p in all_paths]
+            partial = [PromptResult(paths=list(p), answer=_best(p)) for p in all_paths]
+            extras = allocate_budget(used, M, mode=cfg.budget, verifier=cfg.verifier, results=partial,
+                                     adapt_factor=cfg.adapt_factor)
+            which = [i for i in range(G) if extras[i] > 0]
+            if which:
+                stage(cfg.budget, which, [extras[i] for i in which], cfg.seed + 1)
+
+    results = []
+    for i in range(G):
+        paths = all_paths[i]
+        results.append(PromptResult(paths=paths, answer=_best(paths),
+                                    branch_events=sum(1 for p in paths for _ in p.branch_steps)))
+    metrics.paths_per_prompt = [len(p) for p in all_paths]
+    metrics.max_active_per_prompt = peaks
+    return EagerOutput(results=results, metrics=metrics, config=cfg)
