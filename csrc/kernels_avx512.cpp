@@ -1,0 +1,375 @@
+// AVX-512 chunk kernels. Compiled for AVX-512 by a target pragma (no special compiler
+// flags), used only when the CPU reports AVX-512 F/BW/DQ/VL/CD at run time. This file
+// includes no torch header on purpose: torch's inline functions must not be emitted here
+// with AVX-512 instructions (the linker could pick them for the portable code).
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "eager_cpu.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define EAGER_HAVE_AVX512 1
+#endif
+
+#ifdef EAGER_HAVE_AVX512
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512cd,fma,bmi,bmi2,popcnt")
+
+namespace eager_cpu {
+namespace {
+
+#define EK_INLINE inline __attribute__((always_inline))
+
+constexpr float kInf = __builtin_inff();
+
+// ---- loads: 16 elements as float32; masked-off lanes read as -inf ----------------------
+
+EK_INLINE __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+EK_INLINE __m512 load16_tail(const float* p, __mmask16 m) {
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), m, p);
+}
+EK_INLINE __m512 bf16_to_f32(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+EK_INLINE __m512 load16(const uint16_t* p, ElemKind kind) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return kind == kBF16 ? bf16_to_f32(h) : _mm512_cvtph_ps(h);
+}
+EK_INLINE __m512 load16_tail(const uint16_t* p, __mmask16 m, ElemKind kind) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  const __m512 x = kind == kBF16 ? bf16_to_f32(h) : _mm512_cvtph_ps(h);
+  return _mm512_mask_blend_ps(m, _mm512_set1_ps(-kInf), x);
+}
+
+template <int Kind>
+struct Loader;
+template <>
+struct Loader<kF32> {
+  using T = float;
+  static EK_INLINE __m512 full(const T* p) { return load16(p); }
+  static EK_INLINE __m512 tail(const T* p, __mmask16 m) { return load16_tail(p, m); }
+};
+template <>
+struct Loader<kBF16> {
+  using T = uint16_t;
+  static EK_INLINE __m512 full(const T* p) { return load16(p, kBF16); }
+  static EK_INLINE __m512 tail(const T* p, __mmask16 m) { return load16_tail(p, m, kBF16); }
+};
+template <>
+struct Loader<kF16> {
+  using T = uint16_t;
+  static EK_INLINE __m512 full(const T* p) { return load16(p, kF16); }
+  static EK_INLINE __m512 tail(const T* p, __mmask16 m) { return load16_tail(p, m, kF16); }
+};
+
+// ---- math -------------------------------------------------------------------------------
+
+// exp(d) for d in [-87, 0]: Cody-Waite reduction by ln 2 and a degree-6 polynomial
+// (Cephes expf), scaled by 2^n with scalef. About 1 ulp.
+EK_INLINE __m512 exp_nonpos(__m512 d) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), d);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// log(x) for positive normal x (Cephes logf): mantissa in (sqrt(1/2), sqrt(2)], a
+// degree-8 polynomial; about 1 ulp, and accurate relative to the result near x = 1.
+EK_INLINE __m512 log_pos(__m512 x) {
+  const __m512i xi = _mm512_castps_si512(x);
+  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(xi, 23), _mm512_set1_epi32(127));
+  __m512 m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(xi, _mm512_set1_epi32(0x7FFFFF)),
+                                                 _mm512_set1_epi32(0x3F800000)));
+  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356237f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1));
+  const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  const __m512 fe = _mm512_cvtepi32_ps(e);
+  const __m512 z = _mm512_mul_ps(f, f);
+  __m512 p = _mm512_set1_ps(7.0376836292e-2f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.1514610310e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.1676998740e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.2420140846e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.4249322787e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.6668057665e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.0000714765e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-2.4999993993e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(3.3333331174e-1f));
+  __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, f), z);
+  y = _mm512_fmadd_ps(fe, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, y);
+  __m512 r = _mm512_add_ps(f, y);
+  return _mm512_fmadd_ps(fe, _mm512_set1_ps(0.693359375f), r);
+}
+
+// ---- Philox for 16 consecutive counters (64 columns) ------------------------------------
+
+EK_INLINE void mul_hi_lo(__m512i a, __m512i b, __m512i& hi, __m512i& lo) {
+  const __m512i pe = _mm512_mul_epu32(a, b);
+  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), b);
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po);
+  lo = _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
+}
+
+struct PhiloxKeys {
+  __m512i k0[10], k1[10];
+};
+
+EK_INLINE void make_keys(PhiloxKeys& keys, uint32_t key0, uint32_t key1) {
+  for (int r = 0; r < 10; ++r) {
+    keys.k0[r] = _mm512_set1_epi32(static_cast<int>(key0));
+    keys.k1[r] = _mm512_set1_epi32(static_cast<int>(key1));
+    key0 += kPhiloxKeyA;
+    key1 += kPhiloxKeyB;
+  }
+}
+
+// Random words of columns 4*quad0 .. 4*quad0 + 63, in column order (out[j] holds columns
+// 16 j .. 16 j + 15).
+EK_INLINE void philox64(uint32_t quad0, uint32_t row, uint32_t ctr2, uint32_t ctr3,
+                        const PhiloxKeys& keys, __m512i out[4]) {
+  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(quad0)),
+                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  __m512i c1 = _mm512_set1_epi32(static_cast<int>(row));
+  __m512i c2 = _mm512_set1_epi32(static_cast<int>(ctr2));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int>(ctr3));
+  const __m512i ra = _mm512_set1_epi32(static_cast<int>(kPhiloxRoundA));
+  const __m512i rb = _mm512_set1_epi32(static_cast<int>(kPhiloxRoundB));
+  for (int r = 0; r < 10; ++r) {
+    __m512i hb, lb, ha, la;
+    mul_hi_lo(c2, rb, hb, lb);
+    mul_hi_lo(c0, ra, ha, la);
+    c0 = _mm512_ternarylogic_epi32(hb, c1, keys.k0[r], 0x96);
+    c2 = _mm512_ternarylogic_epi32(ha, c3, keys.k1[r], 0x96);
+    c1 = lb;
+    c3 = la;
+  }
+  // Lane-major (c_l[j] = lane l of counter j) to column order: a 4x4 transpose inside each
+  // 128-bit block, then a 4x4 transpose of the blocks.
+  const __m512i ab_lo = _mm512_unpacklo_epi32(c0, c1), ab_hi = _mm512_unpackhi_epi32(c0, c1);
+  const __m512i cd_lo = _mm512_unpacklo_epi32(c2, c3), cd_hi = _mm512_unpackhi_epi32(c2, c3);
+  const __m512i t0 = _mm512_unpacklo_epi64(ab_lo, cd_lo), t1 = _mm512_unpackhi_epi64(ab_lo, cd_lo);
+  const __m512i t2 = _mm512_unpacklo_epi64(ab_hi, cd_hi), t3 = _mm512_unpackhi_epi64(ab_hi, cd_hi);
+  const __m512i u01 = _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m512i u23 = _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m512i v01 = _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m512i v23 = _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  out[0] = _mm512_shuffle_i32x4(u01, u23, _MM_SHUFFLE(2, 0, 2, 0));
+  out[1] = _mm512_shuffle_i32x4(u01, u23, _MM_SHUFFLE(3, 1, 3, 1));
+  out[2] = _mm512_shuffle_i32x4(v01, v23, _MM_SHUFFLE(2, 0, 2, 0));
+  out[3] = _mm512_shuffle_i32x4(v01, v23, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+// uint32 words -> folded 31-bit integers (tl.uint_to_uniform_float's first step).
+EK_INLINE __m512i fold(__m512i r) { return _mm512_xor_si512(r, _mm512_srai_epi32(r, 31)); }
+EK_INLINE __m512 folded_to_uniform(__m512i folded) {
+  const __m512 scale = _mm512_set1_ps(kUniformScale);
+  return _mm512_max_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(folded), scale), scale);
+}
+
+// ---- the chunk kernel ---------------------------------------------------------------------
+
+template <int Kind, bool SUMS>
+void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
+  using T = typename Loader<Kind>::T;
+  const T* row = static_cast<const T*>(P.row);
+  const __m512 vinf = _mm512_set1_ps(kInf);
+  const __m512 vninf = _mm512_set1_ps(-kInf);
+  alignas(64) float xb[kBlock];
+
+  float m = -kInf;
+  double sum_s = 0.0, sum_t = 0.0;
+  int n_top = 0;
+  const int kp = P.kp;
+  float thr = kp > 0 ? -kInf : kInf;  // the kp-th best value once the list is full
+  float best = -kInf;
+  int64_t best_id = -1;
+  bool bad = false;
+
+  PhiloxKeys keys;
+  __m512 gtab_lo = vinf, gtab_hi = vinf, vtemp = _mm512_setzero_ps();
+  if (P.sample) {
+    make_keys(keys, P.key0, P.key1);
+    gtab_lo = _mm512_loadu_ps(P.gumbel_bound);
+    gtab_hi = _mm512_loadu_ps(P.gumbel_bound + 16);
+    vtemp = _mm512_set1_ps(P.temperature);
+  }
+
+  for (int64_t b0 = P.begin; b0 < P.end; b0 += kBlock) {
+    const int n = static_cast<int>(P.end - b0 < kBlock ? P.end - b0 : kBlock);
+    const int nv = (n + 15) >> 4;
+    const T* src = row + b0;
+    // Sub-pass 1 (the only read of memory): convert to float32 into L1, max, NaN/+inf.
+    __m512 vmax = vninf;
+    __mmask16 badm = 0;
+    const int nfull = n >> 4;
+    for (int v = 0; v < nfull; ++v) {
+      const __m512 x = Loader<Kind>::full(src + 16 * v);
+      _mm512_store_ps(xb + 16 * v, x);
+      vmax = _mm512_max_ps(vmax, x);
+      badm |= _mm512_cmp_ps_mask(x, vinf, _CMP_NLT_UQ);
+    }
+    if (nfull < nv) {
+      const __mmask16 tm = static_cast<__mmask16>((1u << (n & 15)) - 1u);
+      const __m512 x = Loader<Kind>::tail(src + 16 * nfull, tm);
+      _mm512_store_ps(xb + 16 * nfull, x);
+      vmax = _mm512_max_ps(vmax, x);
+      badm |= _mm512_cmp_ps_mask(x, vinf, _CMP_NLT_UQ);
+    }
+    if (badm) {
+      bad = true;
+      break;
+    }
+    const float bmax = _mm512_reduce_max_ps(vmax);
+    if (bmax == -kInf) continue;  // an all -inf block adds nothing
+
+    // Sub-pass 2: sum exp(x - m) and exp(x - m) (x - m) against the running max; the
+    // block's float32 partial sums go into double running sums (accurate for any V).
+    if (bmax > m) {
+      if (SUMS && m != -kInf) {
+        const double delta = static_cast<double>(m) - static_cast<double>(bmax);
+        const double sc = __builtin_exp(delta);
+        sum_t = sc * (sum_t + delta * sum_s);
+        sum_s = sc * sum_s;
+      }
+      m = bmax;
+    }
+    if (SUMS) {
+      const __m512 vm = _mm512_set1_ps(m);
+      const __m512 lo = _mm512_set1_ps(-87.0f);
+      __m512 s0 = _mm512_setzero_ps(), s1 = s0, t0 = s0, t1 = s0;
+      int v = 0;
+      for (; v + 1 < nv; v += 2) {
+        const __m512 d0 = _mm512_max_ps(_mm512_sub_ps(_mm512_load_ps(xb + 16 * v), vm), lo);
+        const __m512 d1 = _mm512_max_ps(_mm512_sub_ps(_mm512_load_ps(xb + 16 * v + 16), vm), lo);
+        const __m512 e0 = exp_nonpos(d0), e1 = exp_nonpos(d1);
+        s0 = _mm512_add_ps(s0, e0);
+        s1 = _mm512_add_ps(s1, e1);
+        t0 = _mm512_fmadd_ps(e0, d0, t0);
+        t1 = _mm512_fmadd_ps(e1, d1, t1);
+      }
+      if (v < nv) {
+        const __m512 d0 = _mm512_max_ps(_mm512_sub_ps(_mm512_load_ps(xb + 16 * v), vm), lo);
+        const __m512 e0 = exp_nonpos(d0);
+        s0 = _mm512_add_ps(s0, e0);
+        t0 = _mm512_fmadd_ps(e0, d0, t0);
+      }
+      sum_s += _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+      sum_t += _mm512_reduce_add_ps(_mm512_add_ps(t0, t1));
+    }
+
+    // Running top-kp: only elements above the current kp-th best need attention.
+    if (bmax > thr) {
+      for (int v = 0; v < nv; ++v) {
+        uint32_t mask = _mm512_cmp_ps_mask(_mm512_load_ps(xb + 16 * v), _mm512_set1_ps(thr), _CMP_GT_OQ);
+        while (mask) {
+          const int lane = __builtin_ctz(mask);
+          mask &= mask - 1;
+          const float x = xb[16 * v + lane];
+          if (x > thr) {
+            n_top = top_insert(R.top_val, R.top_id, n_top, kp, x, b0 + 16 * v + lane);
+            if (n_top == kp) thr = R.top_val[kp - 1];
+          }
+        }
+      }
+    }
+
+    // Gumbel arg-max: score = x - T * log(-log u). A block (or a 64-column group) whose
+    // max + T * G cannot beat the best score needs no random numbers; a 16-lane vector
+    // whose per-lane bound (from the uniform's lzcnt bucket) cannot beat it needs no logs.
+    if (P.sample && bmax + P.noise_bound > best) {
+      for (int g = 0; g < nv; g += 4) {
+        const int gv = nv - g < 4 ? nv - g : 4;
+        __m512 gmax = _mm512_load_ps(xb + 16 * g);
+        for (int j = 1; j < gv; ++j) gmax = _mm512_max_ps(gmax, _mm512_load_ps(xb + 16 * (g + j)));
+        if (!(_mm512_reduce_max_ps(gmax) + P.noise_bound > best)) continue;
+        __m512i words[4];
+        philox64(static_cast<uint32_t>((b0 + 16 * g) >> 2), P.row_index, P.ctr2, P.ctr3, keys, words);
+        for (int j = 0; j < gv; ++j) {
+          const __m512 x = _mm512_load_ps(xb + 16 * (g + j));
+          const __m512i folded = fold(words[j]);
+          const __m512i lz = _mm512_lzcnt_epi32(_mm512_sub_epi32(_mm512_set1_epi32(0x7FFFFFFF), folded));
+          const __m512 gb = _mm512_permutex2var_ps(gtab_lo, lz, gtab_hi);
+          const __m512 ub = _mm512_add_ps(x, _mm512_mul_ps(vtemp, gb));
+          if (!_mm512_cmp_ps_mask(ub, _mm512_set1_ps(best), _CMP_GT_OQ)) continue;
+          const __m512 u = folded_to_uniform(folded);
+          const __m512 log_e = log_pos(_mm512_sub_ps(_mm512_setzero_ps(), log_pos(u)));
+          const __m512 score = _mm512_sub_ps(x, _mm512_mul_ps(vtemp, log_e));
+          const float smax = _mm512_reduce_max_ps(score);
+          if (smax > best) {
+            const uint32_t eq = _mm512_cmp_ps_mask(score, _mm512_set1_ps(smax), _CMP_EQ_OQ);
+            best = smax;
+            best_id = b0 + 16 * (g + j) + __builtin_ctz(eq);
+          }
+        }
+      }
+    }
+  }
+
+  R.bad = bad;
+  R.m = m;
+  R.s = sum_s;
+  R.t = sum_t;
+  R.n_top = n_top;
+  R.best_score = best;
+  R.best_id = best_id;
+}
+
+}  // namespace
+
+ChunkFn avx512_chunk_fn(int elem_kind, bool sums) {
+  switch (elem_kind) {
+    case kF32: return sums ? &chunk_kernel<kF32, true> : &chunk_kernel<kF32, false>;
+    case kBF16: return sums ? &chunk_kernel<kBF16, true> : &chunk_kernel<kBF16, false>;
+    case kF16: return sums ? &chunk_kernel<kF16, true> : &chunk_kernel<kF16, false>;
+    default: return nullptr;
+  }
+}
+
+void avx512_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
+                     uint32_t ctr3, float* out) {
+  PhiloxKeys keys;
+  make_keys(keys, key0, key1);
+  for (int64_t c = 0; c < cols; c += 64) {
+    __m512i words[4];
+    philox64(static_cast<uint32_t>(c >> 2), row, ctr2, ctr3, keys, words);
+    for (int j = 0; j < 4; ++j) {
+      alignas(64) float u[16];
+      _mm512_store_ps(u, folded_to_uniform(fold(words[j])));
+      for (int l = 0; l < 16 && c + 16 * j + l < cols; ++l) out[c + 16 * j + l] = u[l];
+    }
+  }
+}
+
+}  // namespace eager_cpu
+
+#pragma GCC pop_options
+
+namespace eager_cpu {
+bool avx512_cpu_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512cd");
+}
+}  // namespace eager_cpu
+
+#else  // no AVX-512 code on this compiler / architecture
+
+namespace eager_cpu {
+ChunkFn avx512_chunk_fn(int, bool) { return nullptr; }
+bool avx512_cpu_supported() { return false; }
+void avx512_uniforms(uint32_t, int64_t, uint32_t, uint32_t, uint32_t, uint32_t, float*) {}
+}  // namespace eager_cpu
+
+#endif
