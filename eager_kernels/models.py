@@ -69,11 +69,19 @@ def load_model(path, *, dtype: torch.dtype | None = None, device="cpu"):
     path = Path(path).expanduser()
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"load_model: {path} is not a transformers model directory (no config.json)")
+    from transformers.utils import logging as hf_logging
+
     kwargs = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval(), tokenizer
 
 

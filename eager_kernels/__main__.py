@@ -1,0 +1,168 @@
+"""Command line: `eager-kernels <command>` or `python -m eager_kernels <command>`.
+
+    generate "prompt" [--model DIR] [--policy seed|paper] [--max-new-tokens N] [--backend B]
+    demo      the kernel checks, then generate "What is 17 + 25?" on the default model
+    bench     the decode benchmark (benchmarks/bench_decode.py of a source checkout)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import runpy
+import sys
+import time
+from pathlib import Path as FsPath
+
+DEMO_PROMPT = "What is 17 + 25?"
+
+
+def _load(model_dir):
+    from .models import load_default_model, load_model
+
+    t0 = time.perf_counter()
+    if model_dir:
+        model, tok = load_model(model_dir)
+        name = model_dir
+    else:
+        model, tok = load_default_model()
+        name = "SmolLM2-135M-Instruct (default)"
+    return model, tok, name, time.perf_counter() - t0
+
+
+def _short(text: str, width: int) -> str:
+    text = repr(text)[1:-1]
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def print_output(out, prompts, *, show: int = 12, file=None) -> None:
+    """The explored paths (best first), where they branched, the answer and the metrics."""
+    file = file or sys.stdout
+    w = file.write
+    for i, r in enumerate(out.results):
+        w(f"\nPrompt {i}: {prompts[i]!r}\n")
+        paths = sorted(r.paths, key=lambda p: -p.score)
+        w(f"{len(paths)} paths explored; branch points per path shown as token positions "
+          f"(0 = first generated token). Best {min(show, len(paths))} by log-prob per token:\n")
+        w(f"  {'#':>3} {'score':>7} {'logprob':>8} {'tok':>4} {'end':>6}  {'branched at':<16} text\n")
+        for j, p in enumerate(paths[:show]):
+            steps = ",".join(map(str, p.branch_steps)) or "-"
+            mark = "*" if p is r.answer else " "
+            w(f" {mark}{j + 1:>3} {p.score:>7.3f} {p.logprob:>8.2f} {p.num_tokens:>4} {p.finished:>6}  "
+              f"{_short(steps, 16):<16} {_short(p.text if p.text is not None else str(p.token_ids), 70)}\n")
+        if len(paths) > show:
+            w(f"  ... {len(paths) - show} more (--show N)\n")
+        if r.answer is not None:
+            a = r.answer
+            w(f"Answer (best log-prob per token, {a.score:.3f}): "
+              f"{a.text if a.text is not None else a.token_ids}\n")
+    m = out.metrics
+    rate = m.tokens_generated / m.decode_s if m.decode_s > 0 else float("nan")
+    w("\nMetrics:\n")
+    w(f"  tokens generated  {m.tokens_generated} (prompt and padding excluded)\n")
+    w(f"  forward passes    {m.forward_passes} (1 prefill + {m.forward_passes - 1} decode steps)\n")
+    w(f"  branch events     {m.branch_events}\n")
+    w(f"  paths per prompt  {m.paths_per_prompt} (peak active rows {m.max_active_per_prompt})\n")
+    w(f"  prefill           {m.prefill_s * 1e3:.1f} ms\n")
+    w(f"  decode            {m.decode_s:.2f} s ({rate:.1f} tokens/s)\n")
+
+
+def cmd_generate(args) -> int:
+    from . import EagerConfig, generate
+
+    model, tok, name, load_s = _load(args.model)
+    overrides = dict(max_new_tokens=args.max_new_tokens, backend=args.backend, seed=args.seed)
+    if args.max_paths is not None:
+        overrides["max_paths_per_prompt"] = args.max_paths
+    if args.temperature is not None:
+        overrides["temperature"] = args.temperature
+    if args.budget:
+        overrides["budget"] = args.budget
+    if args.stop_branching_at:
+        overrides["stop_branching_at"] = args.stop_branching_at
+    cfg = EagerConfig(policy=args.policy, **overrides)
+    progress = args.progress if args.progress is not None else args.max_new_tokens > 32
+    print(f"model: {name} (loaded in {load_s:.1f} s); policy: {cfg.policy}; backend: {cfg.backend}; "
+          f"M = {cfg.max_paths_per_prompt}; max_new_tokens = {cfg.max_new_tokens}")
+    out = generate(model, list(args.prompt), cfg, tokenizer=tok,
+                   chat_template=False if args.no_chat_template else None, progress=progress)
+    print_output(out, list(args.prompt), show=args.show)
+    if args.json:
+        data = {"metrics": out.metrics.as_dict(),
+                "results": [{"answer": r.answer.text if r.answer else None,
+                             "paths": [p.__dict__ for p in r.paths]} for r in out.results]}
+        FsPath(args.json).write_text(json.dumps(data, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    if importlib.util.find_spec("eager_kernels.demo") is not None:
+        from . import demo
+
+        print("== Kernel checks ==")
+        demo.run_kernel_checks()
+    else:
+        print("== Kernel checks: skipped (eager_kernels.demo is not in this checkout yet) ==")
+    print(f"\n== EAGer generate on the default model: {DEMO_PROMPT!r}, seed policy, 32 new tokens ==")
+    ns = argparse.Namespace(prompt=[DEMO_PROMPT], model=args.model, policy="seed", max_new_tokens=32,
+                            backend=args.backend, seed=0, max_paths=None, temperature=None, budget=None,
+                            stop_branching_at=None, progress=None, no_chat_template=False, show=12, json=None)
+    return cmd_generate(ns)
+
+
+def cmd_bench(args) -> int:
+    script = FsPath(__file__).resolve().parent.parent / "benchmarks" / "bench_decode.py"
+    if not script.exists():
+        print("bench: benchmarks/bench_decode.py is part of the source checkout; run it from there",
+              file=sys.stderr)
+        return 2
+    sys.argv = [str(script)] + list(args.rest)
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eager-kernels",
+                                     description="Entropy-aware (EAGer) generation with fused kernels.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="explore paths for one or more prompts and print them")
+    g.add_argument("prompt", nargs="+", help="prompt text(s)")
+    g.add_argument("--model", help="a local transformers model directory (default: SmolLM2-135M-Instruct)")
+    g.add_argument("--policy", choices=["seed", "paper"], default="seed")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--max-paths", type=int, default=None, help="M, the most paths per prompt (default 32)")
+    g.add_argument("--temperature", type=float, default=None, help="default: the policy's (seed 0, paper 0.6)")
+    g.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default="auto")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--budget", choices=["init", "adapt", "entropy"], default=None)
+    g.add_argument("--stop-branching-at", default=None, help='e.g. "</think>"')
+    g.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as is")
+    g.add_argument("--show", type=int, default=12, help="paths to print per prompt")
+    g.add_argument("--json", default=None, help="also write all paths and metrics to this file")
+    g.add_argument("--progress", dest="progress", action="store_true", default=None)
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("demo", help="kernel checks, then generate on the default model")
+    d.add_argument("--model", default=None)
+    d.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default="auto")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="run benchmarks/bench_decode.py (source checkout)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+    # `eval` is planned (another issue): add it with sub.add_parser("eval", ...).
+    return parser
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
