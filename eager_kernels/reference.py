@@ -50,13 +50,17 @@ def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     """The k largest log-softmax values, descending, ties ordered by the smaller id.
 
     A stable descending sort of the raw logits fixes the tie order (torch.topk does not
-    promise one); the log-probabilities are the sorted logits minus logsumexp.
+    promise one); the log-probabilities are the sorted logits minus logsumexp, computed
+    as (x - max) - log(sum e^(x - max)).
     Traffic: upcast, logsumexp (2 reads), a full sort (several passes, O(V log V)).
     """
     x = _upcast(logits)
-    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    # (x - max) - log(sum e^(x - max)) rather than x - logsumexp(x): at |x| ~ 1e4 a float32
+    # logsumexp alone is off by its rounding (~1e-3); x - max is exact near the top.
+    m = x.amax(dim=-1, keepdim=True)
+    log_s = torch.log(torch.exp(x - m).sum(dim=-1, keepdim=True))
     values, ids = torch.sort(x, dim=-1, descending=True, stable=True)
-    return values[:, :k] - lse, ids[:, :k]
+    return (values[:, :k] - m) - log_s, ids[:, :k]
 
 
 # ---------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def _partial_kernel(
                 e = tl.where(finite, tl.exp(d), 0.0)
                 shift = m - m_new  # <= 0; -inf while nothing finite was seen (then s = t = 0)
                 alpha = tl.exp(shift)
-                t = alpha * (t + tl.where(s > 0, shift * s, 0.0)) + tl.sum(e * d, axis=0)
+                t = alpha * (t + tl.where(s > 0, shift, 0.0) * s) + tl.sum(e * d, axis=0)
                 s = alpha * s + tl.sum(e, axis=0)
                 m = m_new
         else:
@@ -231,11 +231,10 @@ def _finalize_kernel(
     status = tl.where(tl.max(bad_i, axis=0) > 0, 1, 0) + tl.where(m == -float("inf"), 2, 0)
     tl.store(status_ptr + row, status)
     seen = s_i > 0
-    shift = tl.where(seen, m_i - m, 0.0)
+    shift = tl.where(seen, m_i, 0.0) - tl.where(seen, m, 0.0)
     a_i = tl.where(seen, tl.exp(shift), 0.0)
     s = tl.sum(a_i * s_i, axis=0)
     t = tl.sum(a_i * (t_i + shift * s_i), axis=0)
-    lse = m + tl.log(s)
 
     if TOPK:
         j = tl.arange(0, KP)
@@ -244,7 +243,8 @@ def _finalize_kernel(
         top = tl.topk(tl.reshape(all_keys, (NCH_P * KP,)), KP)
         value, col = _unpack_keys(top)
         if CANDIDATES:
-            tl.store(lp_ptr + row.to(tl.int64) * k + j, value - lse, mask=j < k)
+            # (x - m) - log(s): exact near the top even at |x| ~ 1e4, unlike x - (m + log s)
+            tl.store(lp_ptr + row.to(tl.int64) * k + j, (value - m) - tl.log(s), mask=j < k)
             tl.store(ids_ptr + row.to(tl.int64) * k + j, col, mask=j < k)
 
     if ENTROPY:

@@ -1,0 +1,93 @@
+"""Shared fixtures: which backends run here, and the awkward inputs every op is tested on.
+
+Triton runs natively on CUDA; without a GPU it runs through the interpreter, which must be
+switched on before triton is first imported (eager_kernels imports it lazily).
+"""
+import importlib.util
+import os
+import warnings
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import eager_kernels as ek  # noqa: E402
+
+warnings.filterwarnings("ignore", message="eager_kernels: the C\\+\\+ CPU extension")
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRETED = HAS_TRITON and not HAS_CUDA
+
+
+def available_backends():
+    """(backend, device) pairs that can run on this machine."""
+    pairs = [("torch", "cpu")]
+    if ek.cpu_extension_available():
+        pairs.append(("cpu", "cpu"))
+    if HAS_TRITON:
+        pairs.append(("triton", "cuda" if HAS_CUDA else "cpu"))
+    if HAS_CUDA:
+        pairs.append(("torch", "cuda"))
+    return pairs
+
+
+BACKENDS = available_backends()
+FUSED = [p for p in BACKENDS if p[0] != "torch"]
+
+
+def backend_id(pair):
+    return f"{pair[0]}-{pair[1]}"
+
+
+@pytest.fixture(params=BACKENDS, ids=backend_id)
+def backend(request):
+    return request.param
+
+
+def max_elements(backend_name: str) -> int:
+    """The interpreter is slow: its shapes stay small; the others take real vocabularies."""
+    return 6_000 if backend_name == "triton" and INTERPRETED else 10**8
+
+
+# (dtype, atol, rtol) for float32 results against the float64 reference computed on the
+# same (upcast) input values.
+DTYPES = [
+    pytest.param(torch.float32, id="fp32"),
+    pytest.param(torch.bfloat16, id="bf16"),
+    pytest.param(torch.float16, id="fp16"),
+]
+ENTROPY_TOL = dict(atol=2e-4, rtol=2e-5)
+LOGPROB_TOL = dict(atol=2e-4, rtol=2e-5)
+
+KINDS = ["normal", "masked", "ties", "huge", "peaked"]
+
+
+def make_logits(rows, vocab, *, dtype=torch.float32, kind="normal", seed=0, device="cpu",
+                row_stride_pad=0):
+    """Fresh random logits of one kind; row_stride_pad > 0 gives non-contiguous rows."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, vocab + row_stride_pad, generator=g, dtype=torch.float64) * 3
+    if kind == "masked":
+        # about half the entries masked; row 0 keeps one finite entry, row 1 keeps three
+        mask = torch.rand(rows, vocab + row_stride_pad, generator=g) < 0.5
+        x[mask] = float("-inf")
+        if rows > 0:
+            x[0, :] = float("-inf")
+            x[0, vocab // 2] = 1.0
+        if rows > 1 and vocab >= 3:
+            x[1, :] = float("-inf")
+            x[1, [0, vocab // 3, vocab - 1]] = torch.tensor([0.5, 2.0, 0.5], dtype=torch.float64)
+    elif kind == "ties":
+        x = torch.randint(-3, 3, x.shape, generator=g).to(torch.float64)
+    elif kind == "huge":
+        # |x| ~ 1e4: large common offsets and wide spreads
+        x = x * 1e3 + torch.where(torch.rand(rows, 1, generator=g) < 0.5, 1e4, -1e4).to(torch.float64)
+    elif kind == "peaked":
+        x[:, 3 % vocab] += 30.0
+    x = x.to(dtype)
+    if row_stride_pad:
+        x = x[:, :vocab]
+    return x.to(device)

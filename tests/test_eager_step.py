@@ -1,0 +1,94 @@
+"""eager_step(): every backend in lockstep with the torch reference over several steps."""
+import pytest
+import torch
+
+import eager_kernels as ek
+from eager_kernels import reference
+
+from conftest import DTYPES, ENTROPY_TOL, LOGPROB_TOL, make_logits, max_elements
+
+KINDS = ["normal", "masked", "ties", "huge"]
+
+
+def _run_steps(backend, rows, vocab, dtype, *, steps, entropy_top_k, temperature, kind="normal", k=4,
+               groups=3, q=80.0, theta=0.5):
+    name, device = backend
+    group = (torch.arange(rows) * 7 % groups).to(device)
+    hist = ek.EntropyHistory(groups, steps * rows, device=device, backend=name)
+    ref_hist = ek.EntropyHistory(groups, steps * rows, device="cpu", backend="torch")
+    for step in range(steps):
+        x = make_logits(rows, vocab, dtype=dtype, kind=kind, seed=100 * step + vocab, device=device)
+        kw = dict(k=k, temperature=temperature, entropy_top_k=entropy_top_k, q=q, theta=theta,
+                  initial_threshold=2.0, seed=42, offset=step)
+        got = ek.eager_step(x, hist, group, backend=name, **kw)
+        # oracle: each op of the reference on float64 (tokens from the shared stream)
+        want_entropy = reference.entropy(x.double().cpu(), entropy_top_k)
+        want_thr = ref_hist.threshold(group.cpu(), q=q, theta=theta, initial=2.0)
+        want_lp, want_ids = reference.topk_logprobs(x.double().cpu(), k)
+        want_token = reference.sample(x.cpu(), temperature, 42, step)
+        torch.testing.assert_close(got.entropy.double().cpu(), want_entropy, **ENTROPY_TOL)
+        torch.testing.assert_close(got.threshold.cpu(), want_thr, atol=1e-5, rtol=1e-5)
+        assert torch.equal(got.branch.cpu(), got.entropy.cpu() > got.threshold.cpu())
+        assert torch.equal(got.token.cpu(), want_token)
+        assert torch.equal(got.cand_ids.cpu(), want_ids)
+        torch.testing.assert_close(got.cand_logprobs.double().cpu(), want_lp, **LOGPROB_TOL)
+        ref_hist.append(got.entropy.cpu(), group.cpu())
+        assert torch.equal(hist.count.cpu(), ref_hist.count)
+    torch.testing.assert_close(hist.values.cpu(), ref_hist.values, atol=1e-6, rtol=0)
+    return got
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("entropy_top_k", [None, 20])
+@pytest.mark.parametrize("temperature", [0.0, 0.6])
+def test_step_small(backend, dtype, entropy_top_k, temperature):
+    _run_steps(backend, 5, 700, dtype, steps=3, entropy_top_k=entropy_top_k, temperature=temperature)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_awkward_inputs(backend, kind):
+    _run_steps(backend, 4, 333, torch.bfloat16, steps=2, entropy_top_k=20, temperature=1.0, kind=kind, k=6)
+
+
+@pytest.mark.parametrize("rows,vocab", [(1, 32000), (8, 49152), (3, 152064)])
+def test_step_real_vocabularies(backend, rows, vocab):
+    name, _ = backend
+    if rows * vocab > max_elements(name):
+        pytest.skip("shape too large for the Triton interpreter")
+    _run_steps(backend, rows, vocab, torch.bfloat16, steps=2, entropy_top_k=20, temperature=0.6)
+    _run_steps(backend, rows, vocab, torch.float32, steps=2, entropy_top_k=None, temperature=0.0, k=10)
+
+
+def test_step_per_row_temperature_and_tensor_counters(backend):
+    name, device = backend
+    x = make_logits(4, 300, seed=9, device=device)
+    temp = torch.tensor([0.0, 0.5, 1.0, 0.0], device=device)
+    hist = ek.EntropyHistory(2, 8, device=device, backend=name)
+    group = torch.tensor([0, 1, 0, 1], device=device)
+    out = ek.eager_step(x, hist, group, k=2, temperature=temp, q=50, theta=0.0, initial_threshold=1.0,
+                        seed=torch.tensor(5, device=device), offset=torch.tensor(3, device=device), backend=name)
+    assert torch.equal(out.token.cpu(), reference.sample(x.cpu(), temp.cpu(), 5, 3))
+    assert torch.equal(out.token[[0, 3]].cpu(), x.argmax(-1)[[0, 3]].cpu())
+    assert torch.equal(out.threshold.cpu(), torch.ones(4))  # empty history: initial
+    assert hist.count.cpu().tolist() == [2, 2]
+
+
+def test_step_paper_policy_branch_uses_history_before_step(backend):
+    name, device = backend
+    hist = ek.EntropyHistory(1, 16, device=device, backend=name)
+    hist.append(torch.tensor([1.0, 2.0, 3.0], device=device), torch.zeros(3, dtype=torch.int64, device=device))
+    flat = torch.zeros(2, 64, device=device)  # entropy ln 64 = 4.16 > every past value
+    out = ek.eager_step(flat, hist, torch.zeros(2, dtype=torch.int64, device=device), k=2, temperature=0.0,
+                        q=99.0, theta=2.0, initial_threshold=9.0, seed=0, offset=0, backend=name)
+    assert torch.allclose(out.threshold.cpu(), torch.full((2,), torch.quantile(torch.tensor([1.0, 2.0, 3.0]), 0.99).item()))
+    assert out.branch.all()
+    assert hist.count.item() == 5
+
+
+def test_step_empty_batch(backend):
+    name, device = backend
+    hist = ek.EntropyHistory(1, 4, device=device, backend=name)
+    out = ek.eager_step(torch.empty(0, 10, device=device), hist, torch.empty(0, dtype=torch.int64, device=device),
+                        k=3, temperature=0.5, q=80, theta=0, initial_threshold=1, seed=0, offset=0, backend=name)
+    assert out.cand_ids.shape == (0, 3) and out.entropy.shape == (0,)
+    assert hist.count.item() == 0
