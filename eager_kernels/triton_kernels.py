@@ -13,9 +13,10 @@ launch).
 
 Launch 2, `_finalize_kernel`, grid (B,): merges a row's C partials into the entropy (full
 or top-K), the top-k log-probabilities, the sampled token and the branch decision. With a
-history, each program then takes a ticket (atomic add); the last program to finish inserts
-all rows' entropies into the sorted history in row order (binary search and a shift of the
-tail), after checking that no row was bad (all or nothing) and that each group has room.
+history, each program then takes its group's ticket (atomic add); the last program of each
+group merges that group's new entropies into its sorted buffer (vectorised, groups in
+parallel), after checking that no row of the step was bad (all or nothing) and that the
+group has room (else its overflow flag is set and nothing is written).
 
 Triton is imported when this module is, i.e. on the first Triton call, never at package
 import. On CPU tensors this runs under TRITON_INTERPRET=1 (the tests); the launch
@@ -217,7 +218,7 @@ def _finalize_kernel(
     CAP, ENT_K,
     NCH_P: tl.constexpr, KP: tl.constexpr, TOPK: tl.constexpr, ENTROPY: tl.constexpr,
     TOPK_ENTROPY: tl.constexpr, CANDIDATES: tl.constexpr, SAMPLE: tl.constexpr,
-    HISTORY: tl.constexpr, B_P: tl.constexpr,
+    HISTORY: tl.constexpr, B_P: tl.constexpr, MB: tl.constexpr,
 ):
     row = tl.program_id(0)
     c = tl.arange(0, NCH_P)
@@ -270,56 +271,62 @@ def _finalize_kernel(
     if HISTORY:
         thr = tl.load(thr_ptr + row)
         tl.store(branch_ptr + row, (ent > thr).to(tl.int8))
-        # The last program to get here appends every row (they have all stored by then).
-        ticket = tl.atomic_add(ticket_ptr, 1)
-        if ticket == B - 1:
-            tl.store(ticket_ptr, 0)  # ready for the next step
-            _append_all(entropy_ptr, status_ptr, group_ptr, B, hist_values_ptr, hist_stride,
-                        hist_count_ptr, hist_overflow_ptr, CAP, B_P)
+        # The last program of each group (per-group ticket) merges the group's new values:
+        # groups merge in parallel, and every row of the group has stored its entropy.
+        g = tl.load(group_ptr + row)
+        r = tl.arange(0, B_P)
+        groups = tl.load(group_ptr + r, mask=r < B, other=-1)
+        mine = groups == g
+        n_new = tl.sum(mine.to(tl.int32), axis=0)
+        ticket = tl.atomic_add(ticket_ptr + g, 1)
+        if ticket == n_new - 1:
+            tl.store(ticket_ptr + g, 0)  # ready for the next step
+            # Nothing is appended if any row of the step is bad (status from launch 1).
+            rc = r[:, None].to(tl.int64) * NCH + c[None, :]
+            both = (r[:, None] < B) & cmask[None, :]
+            all_bad = tl.load(stats_ptr + rc * 4 + 3, mask=both, other=0.0)
+            all_m = tl.load(stats_ptr + rc * 4 + 0, mask=both, other=-float("inf"))
+            row_m = tl.max(all_m, axis=1)
+            any_bad = (tl.max(tl.max(all_bad, axis=1), axis=0) > 0) | \
+                (tl.min(tl.where(r < B, row_m, 0.0), axis=0) == -float("inf"))
+            if not any_bad:
+                new = tl.load(entropy_ptr + r, mask=mine, other=float("inf"), volatile=True)
+                _merge_group(hist_values_ptr + g.to(tl.int64) * hist_stride, hist_count_ptr + g,
+                             hist_overflow_ptr + g, new, n_new, CAP, B_P, MB)
 
 
 @triton.jit
-def _append_all(entropy_ptr, status_ptr, group_ptr, B, values_ptr, stride, count_ptr,
-                overflow_ptr, CAP, B_P: tl.constexpr):
-    """Insert every row's entropy into its group's sorted buffer, in row order; nothing at
-    all if any row was bad; per group, all of its rows or none (overflow flag)."""
-    r = tl.arange(0, B_P)
-    statuses = tl.load(status_ptr + r, mask=r < B, other=0, volatile=True)
-    if tl.max(statuses, axis=0) == 0:
-        groups = tl.load(group_ptr + r, mask=r < B, other=-1)
-        # Phase 1: decide from the counts before this step (nothing is written yet).
-        for i in range(0, B):
-            g = tl.load(group_ptr + i)
-            n_new = tl.sum((groups == g).to(tl.int64), axis=0)
-            n = tl.load(count_ptr + g, volatile=True)
-            if n + n_new > CAP:
-                tl.store(status_ptr + i, 4)  # internal: not appended (capacity)
-                tl.store(overflow_ptr + g, 1)
-        # Phase 2: binary search and shift the tail right by one, block by block from the end.
-        for i in range(0, B):
-            if tl.load(status_ptr + i, volatile=True) == 0:
-                g = tl.load(group_ptr + i).to(tl.int64)
-                row_ptr = values_ptr + g * stride
-                value = tl.load(entropy_ptr + i, volatile=True)
-                n = tl.load(count_ptr + g, volatile=True)
-                lo = 0
-                hi = n
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    if tl.load(row_ptr + mid, volatile=True) <= value:
-                        lo = mid + 1
-                    else:
-                        hi = mid
-                end = n
-                while end > lo:
-                    begin = tl.maximum(end - 1024, lo)
-                    idx = begin + tl.arange(0, 1024)
-                    moving = idx < end
-                    block = tl.load(row_ptr + idx, mask=moving, volatile=True)
-                    tl.store(row_ptr + idx + 1, block, mask=moving)
-                    end = begin
-                tl.store(row_ptr + lo, value)
-                tl.store(count_ptr + g, n + 1)
+def _merge_group(values_ptr, count_ptr, overflow_ptr, new, n_new, CAP, B_P: tl.constexpr,
+                 MB: tl.constexpr):
+    """Merge the step's new values (`new`: [B_P], +inf padded) into one group's sorted
+    values[0:count], all or nothing. Old values move right by the number of new values
+    below them, block by block from the end; only the tail above the smallest new value
+    is touched."""
+    n = tl.load(count_ptr, volatile=True)
+    if n + n_new > CAP:
+        tl.store(overflow_ptr, 1)
+    else:
+        new_sorted = tl.sort(new)
+        smallest = tl.min(new, axis=0)
+        at_or_below = tl.zeros((B_P,), tl.int32)  # per new value: old values <= it
+        end = n
+        while end > 0:
+            begin = tl.maximum(end - MB, 0)
+            idx = begin + tl.arange(0, MB)
+            live = idx < end
+            old = tl.load(values_ptr + idx, mask=live, other=-float("inf"), volatile=True)
+            below = tl.sum((new_sorted[None, :] < old[:, None]).to(tl.int32), axis=1)
+            tl.store(values_ptr + idx + below, old, mask=live)
+            at_or_below += tl.sum(((old[:, None] <= new_sorted[None, :]) & live[:, None]).to(tl.int32), axis=0)
+            if tl.max(tl.where(live, old, -float("inf")), axis=0) <= smallest:
+                # everything further down is <= the smallest new value: it stays in place
+                at_or_below += begin
+                end = 0
+            else:
+                end = begin
+        k = tl.arange(0, B_P)
+        tl.store(values_ptr + k + at_or_below, new_sorted, mask=k < n_new)
+        tl.store(count_ptr, n + n_new)
 
 
 # ---------------------------------------------------------------------------------------
@@ -329,12 +336,13 @@ def _append_all(entropy_ptr, status_ptr, group_ptr, B, values_ptr, stride, count
 _tickets: dict = {}
 
 
-def _ticket(device: torch.device) -> torch.Tensor:
-    """One zeroed int32 counter per device; the last finalize program resets it. Launches
-    of eager_step on one device must therefore not run concurrently on two streams."""
+def _tickets_for(device: torch.device, num_groups: int) -> torch.Tensor:
+    """Zeroed int32 counters, one per group, kept per device; each group's last finalize
+    program resets its own. Two eager_step launches on one device must therefore not run
+    concurrently on two streams."""
     key = (device.type, device.index)
-    if key not in _tickets:
-        _tickets[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    if key not in _tickets or _tickets[key].numel() < num_groups:
+        _tickets[key] = torch.zeros(max(num_groups, 64), dtype=torch.int32, device=device)
     return _tickets[key]
 
 
@@ -403,17 +411,17 @@ def _run(logits, *, entropy_top_k=None, want_entropy=False, k=0, temperature=Non
         COUNTERS_ARE_PTRS=counters_are_ptrs, THRESHOLD=history is not None,
         num_warps=cfg["num_warps"],
     )
+    b_p = triton.next_power_of_2(rows) if history is not None else 1
     _finalize_kernel[(rows,)](
         stats, keys, best, best_col, n_chunks, rows,
         ent, lp, ids, max(k, 1), token, status, thr, branch,
-        _ticket(dev), h_values, h_values.stride(0) if history is not None else 0, h_count,
+        _tickets_for(dev, h_values.shape[0]) if history is not None else status, h_values, h_values.stride(0) if history is not None else 0, h_count,
         h_overflow, group if group is not None else status,
         h_values.shape[1] if history is not None else 0, entropy_top_k or 0,
         NCH_P=triton.next_power_of_2(n_chunks), KP=kp, TOPK=topk,
         ENTROPY=want_entropy or history is not None, TOPK_ENTROPY=entropy_top_k is not None,
         CANDIDATES=k > 0, SAMPLE=sample, HISTORY=history is not None,
-        B_P=triton.next_power_of_2(rows) if history is not None else 1,
-        num_warps=4,
+        B_P=b_p, MB=max(16, 16384 // b_p), num_warps=4,
     )
     _check_status(status)
     return ent, thr, branch, token, ids, lp

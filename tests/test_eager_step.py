@@ -92,3 +92,52 @@ def test_step_empty_batch(backend):
                         k=3, temperature=0.5, q=80, theta=0, initial_threshold=1, seed=0, offset=0, backend=name)
     assert out.cand_ids.shape == (0, 3) and out.entropy.shape == (0,)
     assert hist.count.item() == 0
+
+
+@pytest.mark.parametrize("fill", [0, 3000, 5000])
+def test_fused_history_merge_long_buffers_and_ties(backend, fill):
+    """The fused append into long sorted buffers (several merge blocks, early stop below
+    the smallest new value) with values tied to recorded ones, against the reference."""
+    name, device = backend
+    if name == "torch":
+        pytest.skip("the reference is the oracle here")
+    gen = torch.Generator().manual_seed(fill)
+    groups, rows = 3, 6
+    recorded = (torch.rand(fill, generator=gen) * 4).round(decimals=1)  # many exact ties
+    rec_groups = torch.randint(0, groups, (fill,), generator=gen)
+    hist = ek.EntropyHistory(groups, fill + 64, device=device, backend=name)
+    ref = ek.EntropyHistory(groups, fill + 64, backend="torch")
+    if fill:
+        hist.append(recorded.to(device), rec_groups.to(device))
+        ref.append(recorded, rec_groups)
+    group = torch.tensor([2, 0, 2, 2, 1, 0], device=device)
+    for step in range(2):
+        x = torch.zeros(rows, 64)
+        x[:, : 2 + 8 * step] = 1.0  # entropies log(2), log(10): ties across rows
+        x = x.to(device)
+        out = ek.eager_step(x, hist, group, k=2, temperature=0.0, q=50.0, theta=0.0, initial_threshold=1.0,
+                            seed=0, offset=step, backend=name)
+        ref.append(out.entropy.cpu(), group.cpu())
+    assert torch.equal(hist.count.cpu(), ref.count)
+    torch.testing.assert_close(hist.values.cpu(), ref.values, atol=1e-6, rtol=0)
+
+
+def test_fused_step_sets_overflow_flag_when_called_below_the_api(backend):
+    """Where the public API cannot check capacity without a host sync (CUDA), the fused
+    step leaves a full group untouched and flags it; other groups are appended."""
+    name, device = backend
+    if name == "torch":
+        pytest.skip("fused backends only")
+    from eager_kernels import _registry
+
+    impl = _registry.implementation(name)
+    hist = ek.EntropyHistory(2, 3, device=device, backend=name)
+    hist.append(torch.tensor([1.0, 2.0], device=device), torch.tensor([0, 0], device=device))
+    x = torch.zeros(3, 16, device=device)
+    group = torch.tensor([0, 0, 1], device=device)
+    impl.eager_step(x, hist.values, hist.count, hist.overflow, group, 2, 0.0, None, 50.0, 0.0, 1.0, 0, 0)
+    assert hist.count.cpu().tolist() == [2, 1]
+    assert hist.overflow.cpu().tolist() == [True, False]
+    assert hist.recorded(0).cpu().tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="overflowed"):
+        hist.check()

@@ -1,0 +1,123 @@
+"""Shared pieces of the benchmarks: the plain-torch step a user would write (the speed
+baseline), timers (median of many runs), the read floor, and the environment stamp stored
+beside every result row.
+
+The baseline is deliberately not eager_kernels.reference (which is written for clarity
+and bit-exact randomness): each part is in its fastest plain-torch form.
+"""
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def plain_torch_step(logits, hist, group, *, k, temperature, entropy_top_k, q, theta):
+    """One EAGer step as a user writes it with torch: F.softmax and -(p*log(p+1e-10)).sum
+    for the entropy (topk first for the top-K entropy), log_softmax + topk for the
+    candidates, torch.quantile over each group's history [G, N] for the threshold, and the
+    Gumbel arg-max with torch.rand for the sample (argmax when temperature is 0)."""
+    x = logits.float()
+    if entropy_top_k is not None:
+        p = F.softmax(torch.topk(x, entropy_top_k, dim=-1).values, dim=-1)
+    else:
+        p = F.softmax(x, dim=-1)
+    entropy = -(p * torch.log(p + 1e-10)).sum(-1)
+    cand_logprobs, cand_ids = torch.topk(F.log_softmax(x, dim=-1), k, dim=-1)
+    threshold = torch.quantile(hist, q / 100.0, dim=1)[group].clamp_min(theta)
+    branch = entropy > threshold
+    if temperature > 0:
+        token = torch.argmax(x / temperature - torch.log(-torch.log(torch.rand_like(x))), dim=-1)
+    else:
+        token = torch.argmax(x, dim=-1)
+    return entropy, threshold, branch, token, cand_ids, cand_logprobs
+
+
+def realistic_logits(rows, vocab, dtype, device, seed=0):
+    """Logits shaped like a language model's: a normal bulk (std 2) with a heavy upper tail
+    (a few hundred tokens raised by up to 12), so the top of the distribution is peaked
+    the way real next-token distributions are."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, vocab, generator=g) * 2.0
+    n_tail = min(vocab, 256)
+    cols = torch.randint(0, vocab, (rows, n_tail), generator=g)
+    x.scatter_add_(1, cols, torch.rand(rows, n_tail, generator=g) * 12.0)
+    return x.to(dtype=dtype, device=device)
+
+
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn, *, device="cpu", min_runs=20, min_seconds=0.3, warmup=3) -> float:
+    """Median wall time of fn() in seconds over at least min_runs runs and min_seconds."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    start = time.perf_counter()
+    if torch.device(device).type == "cuda":
+        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+    else:
+        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def read_floor_seconds(logits) -> float:
+    """The time of one logits.amax(-1) pass: the least any op reading the logits costs."""
+    return time_fn(lambda: logits.amax(-1), device=logits.device)
+
+
+def copy_bandwidth(device, nbytes=1 << 30) -> float:
+    """Measured device copy bandwidth in bytes/s (read + write counted)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device=device, min_runs=10)
+    return 2 * nbytes / t
+
+
+def environment() -> dict:
+    """Device, versions and date, stored beside each result row."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = _cpu_name()
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    return {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
