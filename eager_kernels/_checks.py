@@ -128,7 +128,9 @@ def check_same_device(name: str, tensor: torch.Tensor, device) -> None:
         raise ValueError(f"{name}: expected a tensor on {device} (the logits' device), got {tensor.device}")
 
 
-def check_group(group, rows: int, num_groups: int, device) -> torch.Tensor:
+def check_group(group, rows: int, num_groups: int, device, check_values: bool = True) -> torch.Tensor:
+    """group as a contiguous int64 [B] tensor; its ids are checked to lie in range unless
+    check_values is False (the C++ kernels check them on their own, for free)."""
     if not isinstance(group, torch.Tensor):
         raise TypeError(f"group: expected an int64 tensor, got {type(group).__name__}")
     if group.dtype not in (torch.int64, torch.int32):
@@ -137,7 +139,7 @@ def check_group(group, rows: int, num_groups: int, device) -> torch.Tensor:
         raise ValueError(f"group: expected shape [{rows}], got {tuple(group.shape)}")
     check_same_device("group", group, device)
     group = group.to(torch.int64).contiguous()
-    if rows:
+    if rows and check_values:
         bad = (group < 0).any() | (group >= num_groups).any()
         fail_if(bad, f"group: ids must lie in [0, {num_groups}) (the history's num_groups)")
     return group

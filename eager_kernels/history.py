@@ -48,13 +48,15 @@ class EntropyHistory:
     def _impl(self):
         return _registry.implementation(_registry.resolve(self.backend, self.device))
 
-    def check_group(self, group: torch.Tensor, rows: int) -> torch.Tensor:
-        return _checks.check_group(group, rows, self.num_groups, self.device)
+    def check_group(self, group: torch.Tensor, rows: int, check_values: bool = True) -> torch.Tensor:
+        return _checks.check_group(group, rows, self.num_groups, self.device, check_values)
 
     def check_room(self, group: torch.Tensor) -> None:
         """On CPU, raise before an append that would not fit (no state is changed)."""
         if self.device.type != "cpu" or torch.compiler.is_compiling() or group.numel() == 0:
             return
+        if int(self.count.max()) + group.numel() <= self.capacity:
+            return  # the common case, decided with one reduction
         need = self.count + torch.bincount(group, minlength=self.num_groups)
         if bool((need > self.capacity).any()):
             g = int(torch.argmax((need > self.capacity).to(torch.int8)))
