@@ -14,9 +14,14 @@ def _step(x, hist, group, backend, **overrides):
     return ek.eager_step(x, hist, group, backend=backend, **kw)
 
 
+CUDA_DEVICE_ASSERT = "on CUDA data checks are device asserts (test_cuda_device_asserts runs them in a subprocess)"
+
+
 @pytest.mark.parametrize("op", ["entropy", "topk", "sample", "step"])
 def test_bad_logits_values(backend, op):
     name, device = backend
+    if device == "cuda":
+        pytest.skip(CUDA_DEVICE_ASSERT)
     cases = {
         "nan": (float("nan"), "NaN"),
         "+inf": (float("inf"), r"\+inf"),
@@ -73,8 +78,9 @@ def test_shape_dtype_and_range_errors(backend):
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="temperature"):
             ek.sample(x, temperature=bad, seed=0, backend=name)
-    with pytest.raises(ValueError, match="temperature"):
-        ek.sample(x, temperature=torch.tensor([1.0, -1.0], device=device), seed=0, backend=name)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="temperature"):
+            ek.sample(x, temperature=torch.tensor([1.0, -1.0], device=device), seed=0, backend=name)
     with pytest.raises(ValueError, match="temperature: expected a scalar or shape"):
         ek.sample(x, temperature=torch.ones(3, device=device), seed=0, backend=name)
     with pytest.raises(TypeError, match="seed"):
@@ -98,6 +104,8 @@ def test_fused_backends_cap_k():
 
 def test_step_argument_errors(backend):
     name, device = backend
+    if device == "cuda":
+        pytest.skip(CUDA_DEVICE_ASSERT)
     x = make_logits(3, 50, device=device)
     hist = ek.EntropyHistory(2, 10, device=device, backend=name)
     with pytest.raises(ValueError, match="group: ids must lie in"):
@@ -120,3 +128,26 @@ def test_cpu_backend_requires_cpu_tensors():
     x = torch.randn(2, 10, device="meta")
     with pytest.raises(ValueError, match="backend='cpu' needs CPU tensors"):
         ek.entropy(x, backend="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", ["nan", "empty_row", "group"])
+def test_cuda_device_asserts(case):
+    """On CUDA, bad data fails the stream with a device-side assert (no host sync); each
+    case runs in its own process because such an assert ends the CUDA context."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, eager_kernels as ek\n"
+        "x = torch.randn(3, 100, device='cuda')\n"
+        f"case = {case!r}\n"
+        "if case == 'nan': x[1, 5] = float('nan')\n"
+        "if case == 'empty_row': x[2] = float('-inf')\n"
+        "h = ek.EntropyHistory(2, 10, device='cuda')\n"
+        "g = torch.tensor([0, 1, 5 if case == 'group' else 0], device='cuda')\n"
+        "out = ek.eager_step(x, h, g, k=2, temperature=0.5, q=80, theta=0, initial_threshold=1, seed=0, offset=0)\n"
+        "torch.cuda.synchronize()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "assert" in (out.stderr + out.stdout).lower(), out.stderr[-2000:]

@@ -43,6 +43,8 @@ def test_threshold_equals_torch_quantile(backend, q):
 
 def test_capacity_is_all_or_nothing(backend):
     name, device = backend
+    if device == "cuda":
+        pytest.skip("on CUDA a full group is flagged, not raised (test_fused_step_sets_overflow_flag...)")
     hist = ek.EntropyHistory(2, 4, device=device, backend=name)
     hist.append(torch.tensor([1.0, 2.0, 3.0], device=device), torch.tensor([0, 0, 1], device=device))
     before = (hist.values.clone(), hist.count.clone())
