@@ -89,10 +89,30 @@ def _unpack_keys(key):
     return value, col
 
 
+# tl.topk (a partial bitonic sort) is recent; older Triton releases get the same result
+# from KP rounds of max-and-remove (keys are unique per column, so nothing is lost).
+_HAS_TL_TOPK: tl.constexpr = hasattr(tl, "topk")
+
+
+@triton.jit
+def _topk_keys(keys, KP: tl.constexpr):
+    """The KP largest of `keys` (int64, one dimension), in descending order."""
+    if _HAS_TL_TOPK:
+        return tl.topk(keys, KP)
+    else:
+        out = tl.full((KP,), -9223372036854775808, tl.int64)
+        slot = tl.arange(0, KP)
+        for i in tl.static_range(KP):
+            top = tl.max(keys, axis=0)
+            out = tl.where(slot == i, top, out)
+            keys = tl.where(keys == top, -9223372036854775808, keys)
+        return out
+
+
 @triton.jit
 def _merge_topk(run, new_keys, KP: tl.constexpr):
     both = tl.reshape(tl.join(run, new_keys), (2 * KP,))
-    return tl.topk(both, KP)
+    return _topk_keys(both, KP)
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,7 +160,7 @@ def _partial_kernel(
         cols = block_start + lanes
         valid = cols < stop
         x = tl.load(base + cols, mask=valid, other=-float("inf")).to(tl.float32)
-        bad |= tl.max((x != x) | (x == float("inf")), axis=0).to(tl.int32)
+        bad |= tl.max(((x != x) | (x == float("inf"))).to(tl.int32), axis=0)
         block_max = tl.max(x, axis=0)
         if STATS:
             m_new = tl.maximum(m, block_max)
@@ -159,7 +179,7 @@ def _partial_kernel(
             block_keys = _pack_keys(x, cols, valid)
             # Only a block holding a key above the current KP-th best can change the set.
             if tl.max(block_keys, axis=0) > tl.min(keys, axis=0):
-                keys = _merge_topk(keys, tl.topk(block_keys, KP), KP)
+                keys = _merge_topk(keys, _topk_keys(block_keys, KP), KP)
         if SAMPLE:
             if temp > 0.0:
                 # The noise is at most temp * GUMBEL_MAX: a block that cannot beat the best
@@ -241,7 +261,7 @@ def _finalize_kernel(
         j = tl.arange(0, KP)
         all_keys = tl.load(keys_ptr + part[:, None] * KP + j[None, :], mask=cmask[:, None],
                            other=-9223372036854775808)
-        top = tl.topk(tl.reshape(all_keys, (NCH_P * KP,)), KP)
+        top = _topk_keys(tl.reshape(all_keys, (NCH_P * KP,)), KP)
         value, col = _unpack_keys(top)
         if CANDIDATES:
             # (x - m) - log(s): exact near the top even at |x| ~ 1e4, unlike x - (m + log s)
@@ -270,7 +290,7 @@ def _finalize_kernel(
 
     if HISTORY:
         thr = tl.load(thr_ptr + row)
-        tl.store(branch_ptr + row, (ent > thr).to(tl.int8))
+        tl.store(branch_ptr + row, ent > thr)
         # The last program of each group (per-group ticket) merges the group's new values:
         # groups merge in parallel, and every row of the group has stored its entropy.
         g = tl.load(group_ptr + row)
@@ -411,7 +431,7 @@ def _run(logits, *, entropy_top_k=None, want_entropy=False, k=0, temperature=Non
         COUNTERS_ARE_PTRS=counters_are_ptrs, THRESHOLD=history is not None,
         num_warps=cfg["num_warps"],
     )
-    b_p = triton.next_power_of_2(rows) if history is not None else 1
+    b_p = max(2, triton.next_power_of_2(rows)) if history is not None else 2
     _finalize_kernel[(rows,)](
         stats, keys, best, best_col, n_chunks, rows,
         ent, lp, ids, max(k, 1), token, status, thr, branch,

@@ -6,7 +6,7 @@ import torch
 import eager_kernels as ek
 from eager_kernels import reference
 
-from conftest import DTYPES, KINDS, LOGPROB_TOL, make_logits, max_elements
+from conftest import DTYPES, INTERPRETED, KINDS, LOGPROB_TOL, make_logits, max_elements
 
 
 def _check(backend, rows, vocab, k, dtype, kind, seed=0, pad=0):
@@ -48,3 +48,22 @@ def test_topk_all_equal_row_orders_by_id(backend):
     x = torch.zeros(2, 300, device=device)
     lp, ids = ek.topk_logprobs(x, 6, backend=name)
     assert ids.cpu().tolist() == [list(range(6))] * 2
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="patches module globals, which only the interpreter reads per call")
+def test_triton_fallback_without_tl_topk(monkeypatch):
+    """Triton releases without tl.topk use max-and-remove rounds: same ids and values."""
+    import triton.language as tl
+
+    from eager_kernels import triton_kernels
+
+    def unavailable(*args, **kwargs):
+        raise AssertionError("tl.topk must not be called on the fallback path")
+
+    monkeypatch.setattr(tl, "topk", unavailable, raising=False)
+    monkeypatch.setattr(triton_kernels, "_HAS_TL_TOPK", False)
+    x = make_logits(3, 700, kind="ties", seed=4)
+    lp, ids = ek.topk_logprobs(x, 20, backend="triton")
+    want_lp, want_ids = reference.topk_logprobs(x.double(), 20)
+    assert torch.equal(ids, want_ids)
+    torch.testing.assert_close(lp.double(), want_lp, **LOGPROB_TOL)
