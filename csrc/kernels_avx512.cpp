@@ -134,12 +134,9 @@ EK_INLINE void make_keys(PhiloxKeys& keys, uint32_t key0, uint32_t key1) {
   }
 }
 
-// Random words of columns 4*quad0 .. 4*quad0 + 63, in column order (out[j] holds columns
-// 16 j .. 16 j + 15).
-EK_INLINE void philox64(uint32_t quad0, uint32_t row, uint32_t ctr2, uint32_t ctr3,
-                        const PhiloxKeys& keys, __m512i out[4]) {
-  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(quad0)),
-                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+// Philox for 16 arbitrary counters c0 (lane-major: out[l] holds lane l of each counter).
+EK_INLINE void philox16(__m512i c0, uint32_t row, uint32_t ctr2, uint32_t ctr3, const PhiloxKeys& keys,
+                        __m512i out[4]) {
   __m512i c1 = _mm512_set1_epi32(static_cast<int>(row));
   __m512i c2 = _mm512_set1_epi32(static_cast<int>(ctr2));
   __m512i c3 = _mm512_set1_epi32(static_cast<int>(ctr3));
@@ -154,10 +151,24 @@ EK_INLINE void philox64(uint32_t quad0, uint32_t row, uint32_t ctr2, uint32_t ct
     c1 = lb;
     c3 = la;
   }
-  // Lane-major (c_l[j] = lane l of counter j) to column order: a 4x4 transpose inside each
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+// Random words of columns 4*quad0 .. 4*quad0 + 63, in column order (out[j] holds columns
+// 16 j .. 16 j + 15).
+EK_INLINE void philox64(uint32_t quad0, uint32_t row, uint32_t ctr2, uint32_t ctr3,
+                        const PhiloxKeys& keys, __m512i out[4]) {
+  __m512i c[4];
+  philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(quad0)),
+                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
+           row, ctr2, ctr3, keys, c);
+  // Lane-major (c[l][j] = lane l of counter j) to column order: a 4x4 transpose inside each
   // 128-bit block, then a 4x4 transpose of the blocks.
-  const __m512i ab_lo = _mm512_unpacklo_epi32(c0, c1), ab_hi = _mm512_unpackhi_epi32(c0, c1);
-  const __m512i cd_lo = _mm512_unpacklo_epi32(c2, c3), cd_hi = _mm512_unpackhi_epi32(c2, c3);
+  const __m512i ab_lo = _mm512_unpacklo_epi32(c[0], c[1]), ab_hi = _mm512_unpackhi_epi32(c[0], c[1]);
+  const __m512i cd_lo = _mm512_unpacklo_epi32(c[2], c[3]), cd_hi = _mm512_unpackhi_epi32(c[2], c[3]);
   const __m512i t0 = _mm512_unpacklo_epi64(ab_lo, cd_lo), t1 = _mm512_unpackhi_epi64(ab_lo, cd_lo);
   const __m512i t2 = _mm512_unpacklo_epi64(ab_hi, cd_hi), t3 = _mm512_unpackhi_epi64(ab_hi, cd_hi);
   const __m512i u01 = _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(1, 0, 1, 0));
@@ -176,6 +187,111 @@ EK_INLINE __m512 folded_to_uniform(__m512i folded) {
   const __m512 scale = _mm512_set1_ps(kUniformScale);
   return _mm512_max_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(folded), scale), scale);
 }
+
+// Two Philox streams of 16 counters each, rounds interleaved (the rounds are a long
+// dependency chain: two chains keep the multipliers busy).
+EK_INLINE void philox16x2(__m512i ca, __m512i cb, uint32_t row, uint32_t ctr2, uint32_t ctr3,
+                          const PhiloxKeys& keys, __m512i oa[4], __m512i ob[4]) {
+  __m512i a0 = ca, b0 = cb;
+  __m512i a1 = _mm512_set1_epi32(static_cast<int>(row)), b1 = a1;
+  __m512i a2 = _mm512_set1_epi32(static_cast<int>(ctr2)), b2 = a2;
+  __m512i a3 = _mm512_set1_epi32(static_cast<int>(ctr3)), b3 = a3;
+  const __m512i ra = _mm512_set1_epi32(static_cast<int>(kPhiloxRoundA));
+  const __m512i rb = _mm512_set1_epi32(static_cast<int>(kPhiloxRoundB));
+  for (int r = 0; r < 10; ++r) {
+    __m512i hb, lb, ha, la, hb2, lb2, ha2, la2;
+    mul_hi_lo(a2, rb, hb, lb);
+    mul_hi_lo(b2, rb, hb2, lb2);
+    mul_hi_lo(a0, ra, ha, la);
+    mul_hi_lo(b0, ra, ha2, la2);
+    a0 = _mm512_ternarylogic_epi32(hb, a1, keys.k0[r], 0x96);
+    b0 = _mm512_ternarylogic_epi32(hb2, b1, keys.k0[r], 0x96);
+    a2 = _mm512_ternarylogic_epi32(ha, a3, keys.k1[r], 0x96);
+    b2 = _mm512_ternarylogic_epi32(ha2, b3, keys.k1[r], 0x96);
+    a1 = lb;
+    b1 = lb2;
+    a3 = la;
+    b3 = la2;
+  }
+  oa[0] = a0; oa[1] = a1; oa[2] = a2; oa[3] = a3;
+  ob[0] = b0; ob[1] = b1; ob[2] = b2; ob[3] = b3;
+}
+
+// Scores of up to 32 queued quads (counters quad[0..32), logits xq[4 j + lane]); lanes
+// `live_a` of the first 16 and `live_b` of the next 16 are real. Updates (best, best_id)
+// with ties to the smaller column (the queue is not in column order within a block).
+EK_INLINE void gumbel_quads(const int32_t* quad, const float* xq, __mmask16 live_a, __mmask16 live_b,
+                            const ChunkParams& P, const PhiloxKeys& keys, __m512 gtab_lo, __m512 gtab_hi,
+                            __m512 vtemp, float& best, int64_t& best_id) {
+  const __m512i qa = _mm512_maskz_loadu_epi32(live_a, quad);
+  const __m512i qb = _mm512_maskz_loadu_epi32(live_b, quad + 16);
+  __m512i wa[4], wb[4];
+  philox16x2(qa, qb, P.row_index, P.ctr2, P.ctr3, keys, wa, wb);
+  const __m512i iota4 = _mm512_slli_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2);
+  const __m512 vninf = _mm512_set1_ps(-kInf);
+  for (int half = 0; half < 2; ++half) {
+    const __mmask16 live = half ? live_b : live_a;
+    if (!live) continue;
+    const __m512i q = half ? qb : qa;
+    const __m512i* words = half ? wb : wa;
+    const float* xs = xq + 64 * half;
+    // The queue holds each quad's 4 logits together; transpose 16 quads x 4 lanes into
+    // 4 lane vectors (x of quad j, lane l at position j).
+    const __m512 p0 = _mm512_loadu_ps(xs), p1 = _mm512_loadu_ps(xs + 16);
+    const __m512 p2 = _mm512_loadu_ps(xs + 32), p3 = _mm512_loadu_ps(xs + 48);
+    for (int l = 0; l < 4; ++l) {
+      const __m512i pick = _mm512_add_epi32(iota4, _mm512_set1_epi32(l));  // 4 j + l, mod 32 below
+      const __m512 lo = _mm512_permutex2var_ps(p0, pick, p1);            // j = 0..7
+      const __m512 hi = _mm512_permutex2var_ps(p2, pick, p3);            // j = 8..15
+      const __m512 x = _mm512_mask_blend_ps(live, vninf, _mm512_mask_blend_ps(0xFF00, lo, hi));
+      const __m512i folded = fold(words[l]);
+      const __m512i lz = _mm512_lzcnt_epi32(_mm512_sub_epi32(_mm512_set1_epi32(0x7FFFFFFF), folded));
+      const __m512 gb = _mm512_permutex2var_ps(gtab_lo, lz, gtab_hi);
+      const __m512 ub = _mm512_add_ps(x, _mm512_mul_ps(vtemp, gb));
+      // >=: an equal score at a smaller column must still be seen.
+      if (!_mm512_cmp_ps_mask(ub, _mm512_set1_ps(best), _CMP_GE_OQ)) continue;
+      const __m512 u = folded_to_uniform(folded);
+      const __m512 log_e = log_pos(_mm512_sub_ps(_mm512_setzero_ps(), log_pos(u)));
+      const __m512 score = _mm512_sub_ps(x, _mm512_mul_ps(vtemp, log_e));
+      const float smax = _mm512_reduce_max_ps(score);
+      if (smax >= best && smax > -kInf) {
+        const __mmask16 eq = _mm512_cmp_ps_mask(score, _mm512_set1_ps(smax), _CMP_EQ_OQ);
+        const __m512i col = _mm512_add_epi32(_mm512_slli_epi32(q, 2), _mm512_set1_epi32(l));
+        const int64_t c = _mm512_mask_reduce_min_epi32(eq, col);
+        if (smax > best || c < best_id) {
+          best = smax;
+          best_id = c;
+        }
+      }
+    }
+  }
+}
+
+// Left-packing tables for a 4-bit set of quads: the set quads' offsets, the lane
+// permutation moving their 16 logits to the front, and the count. Constant-initialised
+// (no start-up code runs in this AVX-512 translation unit).
+struct PackLut {
+  alignas(16) int32_t quad[16][4];
+  alignas(64) int32_t lane[16][16];
+  int count[16];
+};
+constexpr PackLut make_pack_lut() {
+  PackLut t{};
+  for (int m = 0; m < 16; ++m) {
+    int n = 0;
+    for (int i = 0; i < 4; ++i) {
+      if (m & (1 << i)) {
+        t.quad[m][n] = i;
+        for (int l = 0; l < 4; ++l) t.lane[m][4 * n + l] = 4 * i + l;
+        ++n;
+      }
+    }
+    t.count[m] = n;
+  }
+  return t;
+}
+constexpr PackLut kPackLut = make_pack_lut();
 
 // ---- the chunk kernel ---------------------------------------------------------------------
 
@@ -196,6 +312,10 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   int64_t best_id = -1;
   bool bad = false;
 
+  // Sampling queue: quads (global counter) still to evaluate and their 4 logits.
+  alignas(64) int32_t queue_quad[kBlock / 4 + 32 + 4];
+  alignas(64) float queue_x[4 * (kBlock / 4 + 32) + 16];
+  int queued = 0;
   PhiloxKeys keys;
   __m512 gtab_lo = vinf, gtab_hi = vinf, vtemp = _mm512_setzero_ps();
   if (P.sample) {
@@ -284,36 +404,48 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       }
     }
 
-    // Gumbel arg-max: score = x - T * log(-log u). A block (or a 64-column group) whose
-    // max + T * G cannot beat the best score needs no random numbers; a 16-lane vector
-    // whose per-lane bound (from the uniform's lzcnt bucket) cannot beat it needs no logs.
+    // Gumbel arg-max: score = x - T * log(-log u), u from the column's Philox word.
+    // Exact shortcuts (the noise is bounded by G, see ops.cpp): a block whose max + T G
+    // cannot beat the best score needs nothing; otherwise only the quads (4 columns = one
+    // Philox call) holding a column with x + T G > best are queued, and the queue is
+    // evaluated 32 quads at a time (two interleaved Philox streams of 16 counters).
     if (P.sample && bmax + P.noise_bound > best) {
-      for (int g = 0; g < nv; g += 4) {
-        const int gv = nv - g < 4 ? nv - g : 4;
-        __m512 gmax = _mm512_load_ps(xb + 16 * g);
-        for (int j = 1; j < gv; ++j) gmax = _mm512_max_ps(gmax, _mm512_load_ps(xb + 16 * (g + j)));
-        if (!(_mm512_reduce_max_ps(gmax) + P.noise_bound > best)) continue;
-        __m512i words[4];
-        philox64(static_cast<uint32_t>((b0 + 16 * g) >> 2), P.row_index, P.ctr2, P.ctr3, keys, words);
-        for (int j = 0; j < gv; ++j) {
-          const __m512 x = _mm512_load_ps(xb + 16 * (g + j));
-          const __m512i folded = fold(words[j]);
-          const __m512i lz = _mm512_lzcnt_epi32(_mm512_sub_epi32(_mm512_set1_epi32(0x7FFFFFFF), folded));
-          const __m512 gb = _mm512_permutex2var_ps(gtab_lo, lz, gtab_hi);
-          const __m512 ub = _mm512_add_ps(x, _mm512_mul_ps(vtemp, gb));
-          if (!_mm512_cmp_ps_mask(ub, _mm512_set1_ps(best), _CMP_GT_OQ)) continue;
-          const __m512 u = folded_to_uniform(folded);
-          const __m512 log_e = log_pos(_mm512_sub_ps(_mm512_setzero_ps(), log_pos(u)));
-          const __m512 score = _mm512_sub_ps(x, _mm512_mul_ps(vtemp, log_e));
-          const float smax = _mm512_reduce_max_ps(score);
-          if (smax > best) {
-            const uint32_t eq = _mm512_cmp_ps_mask(score, _mm512_set1_ps(smax), _CMP_EQ_OQ);
-            best = smax;
-            best_id = b0 + 16 * (g + j) + __builtin_ctz(eq);
-          }
+      const __m512 vbound = _mm512_set1_ps(P.noise_bound);
+      const __m512 vbest0 = _mm512_set1_ps(best);
+      const int32_t quad0 = static_cast<int32_t>(b0 >> 2);
+      for (int v = 0; v < nv; ++v) {
+        const uint32_t m16 = _mm512_cmp_ps_mask(_mm512_add_ps(_mm512_load_ps(xb + 16 * v), vbound), vbest0,
+                                                _CMP_GT_OQ);
+        // Branch-free (the candidate test is unpredictable): append the vector's candidate
+        // quads (ids and their 4 logits, left-packed through a lookup table).
+        uint32_t t = m16 | (m16 >> 1);
+        t |= t >> 2;
+        const uint32_t q4 = _pext_u32(t, 0x1111u);  // quad 4v + i holds a candidate
+        const __m128i ids = _mm_add_epi32(_mm_set1_epi32(quad0 + 4 * v),
+                                          _mm_load_si128(reinterpret_cast<const __m128i*>(kPackLut.quad[q4])));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(queue_quad + queued), ids);
+        const __m512i perm = _mm512_load_si512(kPackLut.lane[q4]);
+        _mm512_storeu_ps(queue_x + 4 * queued, _mm512_permutexvar_ps(perm, _mm512_load_ps(xb + 16 * v)));
+        queued += kPackLut.count[q4];
+      }
+      if (queued >= 32) {
+        int done = 0;
+        for (; queued - done >= 32; done += 32) {
+          gumbel_quads(queue_quad + done, queue_x + 4 * done, 0xFFFF, 0xFFFF, P, keys, gtab_lo, gtab_hi, vtemp,
+                       best, best_id);
         }
+        for (int j = done; j < queued; ++j) {
+          queue_quad[j - done] = queue_quad[j];
+          _mm_store_ps(queue_x + 4 * (j - done), _mm_load_ps(queue_x + 4 * j));
+        }
+        queued -= done;
       }
     }
+  }
+  if (P.sample && !bad && queued > 0) {
+    const __mmask16 a = static_cast<__mmask16>(queued >= 16 ? 0xFFFFu : (1u << queued) - 1u);
+    const __mmask16 b = static_cast<__mmask16>(queued >= 32 ? 0xFFFFu : queued > 16 ? (1u << (queued - 16)) - 1u : 0u);
+    gumbel_quads(queue_quad, queue_x, a, b, P, keys, gtab_lo, gtab_hi, vtemp, best, best_id);
   }
 
   R.bad = bad;
@@ -360,7 +492,7 @@ bool avx512_cpu_supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512cd");
+         __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("bmi2");
 }
 }  // namespace eager_cpu
 
