@@ -53,16 +53,16 @@ def _eos_ids(cfg, tokenizer, model) -> list:
         e = cfg.eos_token_id
         return [int(e)] if isinstance(e, int) else [int(x) for x in e]
     ids = []
-    for src in (getattr(tokenizer, "eos_token_id", None),
-                getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-                getattr(model.config, "eos_token_id", None)):
+    sources = [getattr(tokenizer, "eos_token_id", None),
+               getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+    if all(src is None for src in sources):
+        sources = [getattr(model.config, "eos_token_id", None)]
+    for src in sources:  # the union: chat models often end turns with a second id
         if src is None:
             continue
         for x in ([src] if isinstance(src, int) else src):
             if int(x) not in ids:
                 ids.append(int(x))
-        if ids:
-            break
     return ids
 
 
