@@ -50,7 +50,7 @@ def practitioner_eager(model, prompt_ids, *, max_new_tokens=32, num_branches=3, 
                        theta=0.0, initial_threshold=5.0, eos_token_id=2):
     paths = [{"tokens": [], "logprob": 0.0, "branches": 0, "finished": False}]
     history = []
-    forwards = 0
+    forwards = tokens = 0
     for _ in range(max_new_tokens):
         candidates, step_entropies = [], []
         for path in paths:
@@ -80,10 +80,13 @@ def practitioner_eager(model, prompt_ids, *, max_new_tokens=32, num_branches=3, 
         history.extend(step_entropies)
         candidates.sort(key=lambda p: p["logprob"], reverse=True)
         paths = candidates[:prune_to]
+        tokens += sum(1 for p in paths if p["tokens"] and not p.get("seen"))  # new tokens that survived
+        for p in paths:
+            p["seen"] = True
         if all(p["finished"] for p in paths):
             break
     best = max(paths, key=lambda p: p["logprob"] / len(p["tokens"]))
-    return best, paths, forwards
+    return best, paths, forwards, tokens
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,11 +140,11 @@ def main(argv=None) -> int:
 
     if not args.skip_practitioner:
         t0 = time.perf_counter()
-        pbest, ppaths, pfwd = practitioner_eager(model, prompt_ids, max_new_tokens=T, eos_token_id=tok.eos_token_id)
+        pbest, ppaths, pfwd, ptok = practitioner_eager(model, prompt_ids, max_new_tokens=T, eos_token_id=tok.eos_token_id)
         pt = time.perf_counter() - t0
         ptext = tok.decode(pbest["tokens"], skip_special_tokens=True)
         rows.append(dict(method="practitioner loop (no cache, one path at a time)", seconds=pt, best_s=pt,
-                         sequences=len(ppaths), tokens=sum(len(p["tokens"]) for p in ppaths), forwards=pfwd,
+                         sequences=len(ppaths), tokens=ptok, forwards=pfwd,
                          answer=ptext))
 
     def hf():

@@ -103,12 +103,18 @@ def check_memory(model, rows: int, seq_len: int, cfg: EagerConfig, device) -> in
 # ---------------------------------------------------------------------------------------
 
 
+def _group_count(grp: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Entries per group; unlike torch.bincount, no host sync on CUDA (the size is known)."""
+    out = torch.zeros(num_groups, dtype=torch.int64, device=grp.device)
+    return out.scatter_add_(0, grp, torch.ones_like(grp))
+
+
 def _segmented_rank(score: torch.Tensor, grp: torch.Tensor, num_groups: int) -> torch.Tensor:
     """Rank of each entry within its group by descending score (ties: lower index first)."""
     o1 = torch.argsort(score, descending=True, stable=True)
     o2 = torch.argsort(grp[o1], stable=True)
     order = o1[o2]
-    counts = torch.bincount(grp, minlength=num_groups)
+    counts = _group_count(grp, num_groups)
     starts = torch.cumsum(counts, 0) - counts
     rank_sorted = torch.arange(score.numel(), device=score.device) - starts[grp[order]]
     rank = torch.empty_like(rank_sorted)
@@ -195,7 +201,7 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
         req = torch.where(want, nk - 1, torch.zeros_like(nk))
         if prune is None:
             # Cap M counting finished paths: grant new paths in row order within a prompt.
-            live = torch.bincount(grp[:N], minlength=G)
+            live = _group_count(grp[:N], G)
             room = (caps_t - live).clamp_min(0)
             member = agrp[None, :] == torch.arange(G, device=device)[:, None]
             before = (member * req[None, :]).cumsum(1).gather(0, agrp[None, :])[0] - req
@@ -266,7 +272,7 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
             bar.set_postfix(rows=R)
         if R == 0:
             break
-        peak = torch.maximum(peak, torch.bincount(grp[:R], minlength=G))
+        peak = torch.maximum(peak, _group_count(grp[:R], G))
         if not ident:
             cache.reorder_cache(s[:R])
         step_mask = torch.cat([pmask[grp[:R]], ones_col.expand(R, t + 1)], dim=1)
