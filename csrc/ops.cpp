@@ -155,11 +155,12 @@ void check_logits(const at::Tensor& logits) {
   TORCH_CHECK_VALUE(logits.size(1) < (int64_t{1} << 31), "logits: V must be below 2^31");
 }
 
-// Chunks per row: a function of (B, V) only. Enough chunks for 8 work items when B is
-// small (B = 1 keeps every core busy), never below 2048 columns (each chunk restarts its
-// top-k filter and its Gumbel bound).
+// Chunks per row: a function of (B, V) only, never of the thread count. Rows are split
+// into up to ceil(4 / B) chunks (B = 1 keeps both cores of a 2-core machine busy, with two
+// chunks each for balance), never below 2048 columns: every chunk restarts its top-k
+// filter and its Gumbel bound, so more chunks cost work.
 void chunk_layout(int64_t rows, int64_t vocab, int64_t& nchunks, int64_t& chunk_len) {
-  int64_t want = rows >= 8 ? 1 : (8 + rows - 1) / rows;
+  const int64_t want = rows >= 4 ? 1 : (4 + rows - 1) / rows;
   const int64_t max_by_size = std::max<int64_t>(1, vocab / 2048);
   nchunks = std::min(want, max_by_size);
   chunk_len = (vocab + nchunks - 1) / nchunks;
@@ -217,7 +218,7 @@ void run_pass(const at::Tensor& logits, int kp, bool sums, bool sample, const Te
     }
   };
   // Small inputs run on the calling thread: a parallel region costs microseconds.
-  const int64_t grain = rows * vocab < 32768 ? items : 1;
+  const int64_t grain = rows * vocab < 8192 ? items : 1;
   at::parallel_for(0, items, grain, work);
 
   // Merge each row's chunks in column order.
