@@ -305,6 +305,14 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
 
   float m = -kInf;
   double sum_s = 0.0, sum_t = 0.0;
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, t0 = s0, t1 = s0;
+  int pending_blocks = 0;
+  auto flush_sums = [&]() {
+    sum_s += _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    sum_t += _mm512_reduce_add_ps(_mm512_add_ps(t0, t1));
+    s0 = s1 = t0 = t1 = _mm512_setzero_ps();
+    pending_blocks = 0;
+  };
   int n_top = 0;
   const int kp = P.kp;
   float thr = kp > 0 ? -kInf : kInf;  // the kp-th best value once the list is full
@@ -353,10 +361,12 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     const float bmax = _mm512_reduce_max_ps(vmax);
     if (bmax == -kInf) continue;  // an all -inf block adds nothing
 
-    // Sub-pass 2: sum exp(x - m) and exp(x - m) (x - m) against the running max; the
-    // block's float32 partial sums go into double running sums (accurate for any V).
+    // Sub-pass 2: sum exp(x - m) and exp(x - m) (x - m) against the running max. float32
+    // vector partial sums, moved into double running sums every 16 blocks and whenever
+    // the max changes (accurate for any V, and few horizontal reductions).
     if (bmax > m) {
       if (SUMS && m != -kInf) {
+        flush_sums();
         const double delta = static_cast<double>(m) - static_cast<double>(bmax);
         const double sc = __builtin_exp(delta);
         sum_t = sc * (sum_t + delta * sum_s);
@@ -367,7 +377,6 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     if (SUMS) {
       const __m512 vm = _mm512_set1_ps(m);
       const __m512 lo = _mm512_set1_ps(-87.0f);
-      __m512 s0 = _mm512_setzero_ps(), s1 = s0, t0 = s0, t1 = s0;
       int v = 0;
       for (; v + 1 < nv; v += 2) {
         const __m512 d0 = _mm512_max_ps(_mm512_sub_ps(_mm512_load_ps(xb + 16 * v), vm), lo);
@@ -384,8 +393,7 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
         s0 = _mm512_add_ps(s0, e0);
         t0 = _mm512_fmadd_ps(e0, d0, t0);
       }
-      sum_s += _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-      sum_t += _mm512_reduce_add_ps(_mm512_add_ps(t0, t1));
+      if (++pending_blocks == 16) flush_sums();
     }
 
     // Running top-kp: only elements above the current kp-th best need attention.
@@ -448,6 +456,7 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     gumbel_quads(queue_quad, queue_x, a, b, P, keys, gtab_lo, gtab_hi, vtemp, best, best_id);
   }
 
+  if (SUMS) flush_sums();
   R.bad = bad;
   R.m = m;
   R.s = sum_s;
