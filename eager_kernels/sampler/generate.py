@@ -1,6 +1,7 @@
 """generate(): inputs, the budget stages, and the results."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence, Union
 
 import torch
@@ -105,6 +106,10 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
     """
     cfg = config if config is not None else EagerConfig()
     cfg.validate()
+    if cfg.budget != "init" and cfg.temperature == 0:
+        warnings.warn(f"budget={cfg.budget!r} with temperature 0: the extra trees are greedy and repeat "
+                      "the first pass's paths; use sampling (the paper policy) for budget stages",
+                      RuntimeWarning, stacklevel=2)
     prompts = _as_token_lists(inputs, tokenizer, attention_mask, chat_template)
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate: a prompt is empty (at least one token is needed)")
