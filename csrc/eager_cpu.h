@@ -42,7 +42,7 @@ struct ChunkParams {
 
 struct ChunkResult {
   float m;                  // running max
-  double s, t;              // sums relative to m (SUMS kernels only)
+  double s, t;              // sums relative to m (when the kernel computes them)
   bool bad;                 // a NaN or +inf was seen
   int n_top;                // entries in the top list (finite values only)
   float* top_val;           // [kp], sorted by (value desc, id asc)
@@ -54,14 +54,15 @@ struct ChunkResult {
 using ChunkFn = void (*)(const ChunkParams&, ChunkResult&);
 
 // AVX-512 kernels (csrc/kernels_avx512.cpp); nullptr when the compiler could not build them.
-ChunkFn avx512_chunk_fn(int elem_kind, bool sums);
+// sums: 0 = none, 1 = s only, 2 = s and t.
+ChunkFn avx512_chunk_fn(int elem_kind, int sums);
 bool avx512_cpu_supported();
 // The package's uniform stream for one row, columns [0, cols), by the AVX-512 code path.
 void avx512_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
                      uint32_t ctr3, float* out);
 
 // Portable kernels (csrc/kernels_scalar.cpp).
-ChunkFn scalar_chunk_fn(int elem_kind, bool sums);
+ChunkFn scalar_chunk_fn(int elem_kind, int sums);
 void scalar_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
                      uint32_t ctr3, float* out);
 

@@ -295,7 +295,8 @@ constexpr PackLut kPackLut = make_pack_lut();
 
 // ---- the chunk kernel ---------------------------------------------------------------------
 
-template <int Kind, bool SUMS>
+// SUMS: 0 = no sums, 1 = s only, 2 = s and t.
+template <int Kind, int SUMS>
 void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   using T = typename Loader<Kind>::T;
   const T* row = static_cast<const T*>(P.row);
@@ -384,14 +385,16 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
         const __m512 e0 = exp_nonpos(d0), e1 = exp_nonpos(d1);
         s0 = _mm512_add_ps(s0, e0);
         s1 = _mm512_add_ps(s1, e1);
-        t0 = _mm512_fmadd_ps(e0, d0, t0);
-        t1 = _mm512_fmadd_ps(e1, d1, t1);
+        if (SUMS == 2) {
+          t0 = _mm512_fmadd_ps(e0, d0, t0);
+          t1 = _mm512_fmadd_ps(e1, d1, t1);
+        }
       }
       if (v < nv) {
         const __m512 d0 = _mm512_max_ps(_mm512_sub_ps(_mm512_load_ps(xb + 16 * v), vm), lo);
         const __m512 e0 = exp_nonpos(d0);
         s0 = _mm512_add_ps(s0, e0);
-        t0 = _mm512_fmadd_ps(e0, d0, t0);
+        if (SUMS == 2) t0 = _mm512_fmadd_ps(e0, d0, t0);
       }
       if (++pending_blocks == 16) flush_sums();
     }
@@ -468,13 +471,16 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
 
 }  // namespace
 
-ChunkFn avx512_chunk_fn(int elem_kind, bool sums) {
+ChunkFn avx512_chunk_fn(int elem_kind, int sums) {
+#define EK_PICK(K) \
+  (sums == 2 ? &chunk_kernel<K, 2> : sums == 1 ? &chunk_kernel<K, 1> : &chunk_kernel<K, 0>)
   switch (elem_kind) {
-    case kF32: return sums ? &chunk_kernel<kF32, true> : &chunk_kernel<kF32, false>;
-    case kBF16: return sums ? &chunk_kernel<kBF16, true> : &chunk_kernel<kBF16, false>;
-    case kF16: return sums ? &chunk_kernel<kF16, true> : &chunk_kernel<kF16, false>;
+    case kF32: return EK_PICK(kF32);
+    case kBF16: return EK_PICK(kBF16);
+    case kF16: return EK_PICK(kF16);
     default: return nullptr;
   }
+#undef EK_PICK
 }
 
 void avx512_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
@@ -508,7 +514,7 @@ bool avx512_cpu_supported() {
 #else  // no AVX-512 code on this compiler / architecture
 
 namespace eager_cpu {
-ChunkFn avx512_chunk_fn(int, bool) { return nullptr; }
+ChunkFn avx512_chunk_fn(int, int) { return nullptr; }
 bool avx512_cpu_supported() { return false; }
 void avx512_uniforms(uint32_t, int64_t, uint32_t, uint32_t, uint32_t, uint32_t, float*) {}
 }  // namespace eager_cpu

@@ -56,7 +56,7 @@ inline int gumbel_bucket(uint32_t folded) {
   return d == 0 ? 0 : __builtin_clz(d);  // lzcnt 32 maps to entry 0, as in the AVX-512 path
 }
 
-template <int Kind, bool SUMS>
+template <int Kind, int SUMS>
 void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   const float inf = INFINITY;
   float xb[kBlock];
@@ -96,7 +96,7 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
         d = d < -87.0f ? -87.0f : d;
         const float e = std::exp(d);
         s += e;
-        t += e * d;
+        if (SUMS == 2) t += e * d;
       }
       sum_s += s;
       sum_t += t;
@@ -142,13 +142,16 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
 
 }  // namespace
 
-ChunkFn scalar_chunk_fn(int elem_kind, bool sums) {
+ChunkFn scalar_chunk_fn(int elem_kind, int sums) {
+#define EK_PICK(K) \
+  (sums == 2 ? &chunk_kernel<K, 2> : sums == 1 ? &chunk_kernel<K, 1> : &chunk_kernel<K, 0>)
   switch (elem_kind) {
-    case kF32: return sums ? &chunk_kernel<kF32, true> : &chunk_kernel<kF32, false>;
-    case kBF16: return sums ? &chunk_kernel<kBF16, true> : &chunk_kernel<kBF16, false>;
-    case kF16: return sums ? &chunk_kernel<kF16, true> : &chunk_kernel<kF16, false>;
+    case kF32: return EK_PICK(kF32);
+    case kBF16: return EK_PICK(kBF16);
+    case kF16: return EK_PICK(kF16);
     default: return nullptr;
   }
+#undef EK_PICK
 }
 
 void scalar_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,

@@ -89,7 +89,7 @@ void set_isa(const std::string& name) {
   }
 }
 
-ChunkFn chunk_fn(int kind, bool sums) {
+ChunkFn chunk_fn(int kind, int sums) {
   if (current_isa() == Isa::kAvx512) {
     if (ChunkFn fn = avx512_chunk_fn(kind, sums)) return fn;
   }
@@ -168,7 +168,8 @@ void chunk_layout(int64_t rows, int64_t vocab, int64_t& nchunks, int64_t& chunk_
   nchunks = (vocab + chunk_len - 1) / chunk_len;
 }
 
-void run_pass(const at::Tensor& logits, int kp, bool sums, bool sample, const Temperature& temp,
+// sums: 0 = none, 1 = s (log-sum-exp), 2 = s and t (full entropy).
+void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Temperature& temp,
               const Counter& ctr, PassResult& out) {
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   const int kind = elem_kind(logits);
@@ -328,7 +329,7 @@ at::Tensor entropy_impl(const at::Tensor& logits, int64_t top_k) {
   if (rows == 0) return out;
   PassResult pr;
   const int kp = top_k > 0 ? static_cast<int>(top_k) : 0;
-  run_pass(logits, kp, /*sums=*/kp == 0, /*sample=*/false, Temperature{}, Counter{}, pr);
+  run_pass(logits, kp, /*sums=*/kp == 0 ? 2 : 0, /*sample=*/false, Temperature{}, Counter{}, pr);
   raise_on_bad(pr);
   float* o = out.data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r) {
@@ -346,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor> topk_impl(const at::Tensor& logits, int64_t k
   at::Tensor ids = at::empty({rows, k}, i64());
   if (rows == 0) return {lp, ids};
   PassResult pr;
-  run_pass(logits, static_cast<int>(k), true, false, Temperature{}, Counter{}, pr);
+  run_pass(logits, static_cast<int>(k), 1, false, Temperature{}, Counter{}, pr);
   raise_on_bad(pr);
   float* lpp = lp.data_ptr<float>();
   int64_t* idp = ids.data_ptr<int64_t>();
@@ -373,7 +374,7 @@ at::Tensor sample_impl(const at::Tensor& logits, const Temperature& temp, const 
     (t == 0.0f ? any_greedy : any_sample) = true;
   }
   PassResult pr;
-  run_pass(logits, any_greedy ? 1 : 0, false, any_sample, temp, ctr, pr);
+  run_pass(logits, any_greedy ? 1 : 0, 0, any_sample, temp, ctr, pr);
   raise_on_bad(pr);
   int64_t* o = out.data_ptr<int64_t>();
   for (int64_t r = 0; r < rows; ++r) o[r] = temp.at(r) == 0.0f ? pr.top_id[r] : pr.rows[r].token;
@@ -519,7 +520,7 @@ StepOut step_impl(const at::Tensor& logits, const at::Tensor& values, const at::
   }
   const int kp = static_cast<int>(std::max<int64_t>(k, entropy_top_k));
   PassResult pr;
-  run_pass(logits, kp, true, any_sample, temp, ctr, pr);
+  run_pass(logits, kp, entropy_top_k > 0 ? 1 : 2, any_sample, temp, ctr, pr);
   raise_on_bad(pr);  // before any history change
 
   float* e = ent.data_ptr<float>();
