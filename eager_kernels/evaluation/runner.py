@@ -1,0 +1,346 @@
+"""Running the methods on the task suite, one generate() call per batch of prompts.
+
+Methods (all at the same cap M = max_paths paths per prompt):
+
+    greedy       one greedy path per prompt (temperature 0, branching off)
+    parallel     M independent samples per prompt at `temperature` (eager_kernels.generate
+                 with branching off: each sample is its own one-path tree)
+    eager_init   EAGer, policy "paper": sampling at `temperature`, top-20 entropy, threshold
+                 max(theta, q-th percentile of the prompt's history), at most M paths
+    eager_adapt  eager_init, then the saved budget sum(M - paths used) goes to the prompts
+                 that hit M (at most 3M extra paths each, fresh trees), by
+                 eager_kernels.allocate_budget(mode="adapt")
+    eager_full   eager_init, then the saved budget goes to the prompts with no correct path
+                 (at most M extra each) by allocate_budget(mode="full") with the task's exact
+                 answer as the verifier callback
+    seed         the practitioner policy (greedy, full entropy, q 80), pruned to M paths
+
+eager_adapt and eager_full reuse the eager_init records of the same theta (they ARE that
+first stage; its tokens and time are counted in theirs) and share the saved budget over
+the whole suite, not per batch: the allocation is computed from all init records, then the
+extra stages run in batches of prompts that receive the same number of extra paths, with
+seed + 1 (as generate(budget=...) does). Sampling draws are keyed by (seed, step, row), so
+the samples depend on how prompts are batched: a run is reproducible for the same batch
+size (part of the run hash); a resumed run may batch the remaining prompts differently.
+
+Tokens: a method's tokens are the sum of metrics.tokens_generated of its generate() calls
+(exact, EOS included, prompt and padding excluded); the per-prompt `tokens` of a record
+counts the distinct tokens of its paths' trees (equal to the call total for all methods
+but seed, whose pruned paths are gone from the output).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from .store import ResultStore
+from .tasks import chat_prompt_ids, extract_answer, make_tasks
+
+METHODS = ("greedy", "parallel", "eager_init", "eager_adapt", "eager_full", "seed")
+NO_BRANCH = 1e9  # a threshold no entropy reaches: branching off
+
+
+@dataclass
+class EvalConfig:
+    prompts: int = 100
+    max_paths: int = 8
+    max_new_tokens: int = 48
+    temperature: float = 0.6
+    theta: float = 2.2
+    q: float = 99.0
+    seed: int = 0
+    suite_seed: int = 0
+    batch_size: int = 20  # prompts per generate() call (rows = batch_size x paths)
+    backend: str = "auto"
+    model_name: str = "model"
+
+    def run_hash(self, prompts_fingerprint: str = "") -> str:
+        """What identifies a run's records; prompts_fingerprint covers the prompt token ids
+        (tokenizer, chat template, examples and instruction)."""
+        d = asdict(self)
+        d["prompts_fingerprint"] = prompts_fingerprint
+        d.pop("backend")  # every backend gives the same tokens
+        d.pop("theta")  # part of the method label
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def label(method: str, theta: Optional[float] = None) -> str:
+    """The method's name in records and tables; theta-sweep runs carry their theta."""
+    return method if theta is None else f"{method}@theta={theta:g}"
+
+
+def tree_tokens(token_lists) -> int:
+    """Distinct tokens of paths that share prefixes (the nodes of their trie)."""
+    root = {}
+    n = 0
+    for toks in token_lists:
+        node = root
+        for t in toks:
+            nxt = node.get(t)
+            if nxt is None:
+                nxt = node[t] = {}
+                n += 1
+            node = nxt
+    return n
+
+
+def _path_record(p, answer: int, stage: str) -> dict:
+    pred = extract_answer(p.text)
+    return {"text": p.text, "tokens": len(p.token_ids), "logprob": p.logprob,
+            "score": p.logprob / max(1, len(p.token_ids)), "pred": pred,
+            "correct": pred is not None and pred == answer, "finished": p.finished,
+            "branches": len(p.branch_steps), "stage": stage}
+
+
+def _best(paths: list) -> Optional[dict]:
+    best = None
+    for p in paths:  # the sampler's answer rule: best log-prob per token, first of ties
+        if best is None or p["score"] > best["score"]:
+            best = p
+    return best
+
+
+class Evaluator:
+    """Runs methods over the suite, writing one JSONL record per (method, prompt)."""
+
+    def __init__(self, model, tokenizer, cfg: EvalConfig, store: ResultStore, *, progress: bool = True,
+                 log=print):
+        self.model, self.tok, self.cfg, self.store = model, tokenizer, cfg, store
+        self.tasks = make_tasks(cfg.prompts, cfg.suite_seed)
+        self.prompt_ids = [chat_prompt_ids(tokenizer, t.question) for t in self.tasks]
+        fp = hashlib.sha1(json.dumps(self.prompt_ids).encode()).hexdigest()[:16]
+        self.hash = cfg.run_hash(fp)
+        self.progress = progress
+        self.log = log
+
+    # -- keys and configs ----------------------------------------------------------------
+    def key(self, lab: str, pid: int) -> str:
+        return f"{self.hash}/{lab}/{pid}"
+
+    def records(self, lab: str) -> list:
+        return [r for r in (self.store.get(self.key(lab, t.id)) for t in self.tasks) if r is not None]
+
+    def _eager_config(self, **kw):
+        from .. import EagerConfig
+
+        base = dict(max_new_tokens=self.cfg.max_new_tokens, backend=self.cfg.backend, seed=self.cfg.seed)
+        base.update(kw)
+        return EagerConfig(**base)
+
+    def _paper(self, theta: float, paths: int, seed_offset: int = 0):
+        return self._eager_config(policy="paper", temperature=self.cfg.temperature, theta=theta,
+                                  initial_threshold=theta, q=self.cfg.q, max_paths_per_prompt=paths,
+                                  seed=self.cfg.seed + seed_offset)
+
+    # -- running ---------------------------------------------------------------------------
+    def _bar(self, lab: str, total: int, done: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=done, desc=f"{lab:<22}", unit="prompt", disable=not self.progress,
+                    dynamic_ncols=True)
+
+    def _call(self, ids: list, config) -> tuple:
+        from .. import generate
+
+        t0 = time.perf_counter()
+        out = generate(self.model, ids, config, tokenizer=self.tok)
+        return out, time.perf_counter() - t0
+
+    @staticmethod
+    def _batch_info(bid: str, out, wall: float, n: int) -> dict:
+        return {"id": bid, "tokens": int(out.metrics.tokens_generated), "wall_s": wall, "prompts": n,
+                "forward_passes": int(out.metrics.forward_passes),
+                "branch_events": int(out.metrics.branch_events)}
+
+    def _record(self, lab: str, task, paths: list, batches: list, token_lists: list, answer_path=None) -> dict:
+        correct = [p["correct"] for p in paths]
+        ans = answer_path if answer_path is not None else _best(paths)
+        return {"key": self.key(lab, task.id), "method": lab, "prompt_id": task.id, "kind": task.kind,
+                "question": task.question, "answer": task.answer, "n_paths": len(paths),
+                "n_correct": sum(correct), "pass_at_k": any(correct),
+                "pass_rate": sum(correct) / len(paths) if paths else 0.0,
+                "answer_pred": ans["pred"] if ans else None,
+                "answer_correct": bool(ans["correct"]) if ans else False,
+                "tokens": tree_tokens(token_lists), "branch_events": sum(p["branches"] for p in paths),
+                "batches": batches, "paths": paths}
+
+    def _pending(self, lab: str) -> list:
+        return [t for t in self.tasks if self.key(lab, t.id) not in self.store]
+
+    def _chunks(self, tasks: list, size: int):
+        for i in range(0, len(tasks), max(1, size)):
+            yield tasks[i: i + size]
+
+    def run_simple(self, method: str, theta: Optional[float] = None) -> None:
+        """greedy, parallel, eager_init (any theta) and seed: independent batches."""
+        lab = label(method, theta)
+        pending = self._pending(lab)
+        bar = self._bar(lab, len(self.tasks), len(self.tasks) - len(pending))
+        spent = sum(b["tokens"] for b in _unique_batches(self.records(lab)))
+        M = self.cfg.max_paths
+        for chunk in self._chunks(pending, self.cfg.batch_size):
+            bid = f"{lab}/init/{chunk[0].id}-{chunk[-1].id}:{len(chunk)}"
+            ids = [self.prompt_ids[t.id] for t in chunk]
+            recs = []
+            if method == "parallel":
+                out, wall = self._call([x for x in ids for _ in range(M)],
+                                       self._paper(NO_BRANCH, 1))
+                info = self._batch_info(bid, out, wall, len(chunk))
+                for j, t in enumerate(chunk):
+                    res = out.results[j * M:(j + 1) * M]
+                    raw = [r.paths[0] for r in res]
+                    paths = [_path_record(p, t.answer, "init") for p in raw]
+                    recs.append(self._record(lab, t, paths, [info], []))
+                    recs[-1]["tokens"] = sum(len(p.token_ids) for p in raw)  # M separate trees
+            else:
+                if method == "greedy":
+                    config = self._eager_config(policy="paper", temperature=0.0, theta=NO_BRANCH,
+                                                initial_threshold=NO_BRANCH, max_paths_per_prompt=1)
+                elif method == "eager_init":
+                    config = self._paper(self.cfg.theta if theta is None else theta, M)
+                elif method == "seed":
+                    config = self._eager_config(policy="seed", max_paths_per_prompt=M, prune_to=M)
+                else:
+                    raise ValueError(f"unknown method {method!r}")
+                out, wall = self._call(ids, config)
+                info = self._batch_info(bid, out, wall, len(chunk))
+                for j, t in enumerate(chunk):
+                    r = out.results[j]
+                    paths = [_path_record(p, t.answer, "init") for p in r.paths]
+                    ans = None
+                    if r.answer is not None:
+                        ans = paths[next(i for i, p in enumerate(r.paths) if p is r.answer)]
+                    recs.append(self._record(lab, t, paths, [info], [p.token_ids for p in r.paths], ans))
+            self.store.add(recs)
+            spent += info["tokens"]
+            bar.update(len(chunk))
+            bar.set_postfix(tokens=spent)
+        bar.close()
+
+    def run_budget(self, method: str, theta: Optional[float] = None) -> None:
+        """eager_adapt / eager_full: the init stage (eager_init records of this theta, run
+        first when missing), the suite-wide allocation, then the extra stages."""
+        from .. import allocate_budget
+
+        mode = {"eager_adapt": "adapt", "eager_full": "full"}[method]
+        lab, init_lab = label(method, theta), label("eager_init", theta)
+        th = self.cfg.theta if theta is None else theta
+        if self._pending(init_lab):
+            self.run_simple("eager_init", theta)
+        init = {r["prompt_id"]: r for r in self.records(init_lab)}
+        M = self.cfg.max_paths
+        used = [init[t.id]["n_paths"] for t in self.tasks]
+        if mode == "adapt":
+            extras = allocate_budget(used, M, mode="adapt")
+        else:
+            tasks = self.tasks
+
+            class _P:  # what the verifier sees of a path: its text
+                def __init__(self, text):
+                    self.text = text
+
+            class _R:
+                def __init__(self, rec):
+                    self.paths = [_P(p["text"]) for p in rec["paths"]]
+
+            def verifier(i, path) -> bool:
+                pred = extract_answer(path.text)
+                return pred is not None and pred == tasks[i].answer
+
+            extras = allocate_budget(used, M, mode="full", verifier=verifier,
+                                     results=[_R(init[t.id]) for t in self.tasks])
+        pending = self._pending(lab)
+        bar = self._bar(lab, len(self.tasks), len(self.tasks) - len(pending))
+        spent = sum(b["tokens"] for b in _unique_batches(self.records(lab)))
+
+        def finish(t, extra_paths, extra_tokens, extra_batch):
+            r0 = init[t.id]
+            paths = [dict(p) for p in r0["paths"]] + extra_paths
+            rec = self._record(lab, t, paths, list(r0["batches"]) + ([extra_batch] if extra_batch else []), [])
+            rec["tokens"] = r0["tokens"] + extra_tokens
+            rec["extra_paths_allocated"] = extras[t.id]
+            return rec
+
+        # Prompts with no extra paths are complete already.
+        zero = [t for t in pending if extras[t.id] == 0]
+        if zero:
+            self.store.add([finish(t, [], 0, None) for t in zero])
+            bar.update(len(zero))
+        spent = sum(b["tokens"] for b in _unique_batches(self.records(lab)))
+        bar.set_postfix(tokens=spent)
+        groups = {}
+        for t in pending:
+            if extras[t.id] > 0:
+                groups.setdefault(extras[t.id], []).append(t)
+        for n_extra, group in sorted(groups.items()):
+            per_call = max(1, (self.cfg.batch_size * M) // n_extra)
+            for chunk in self._chunks(group, per_call):
+                bid = f"{lab}/{mode}/{chunk[0].id}-{chunk[-1].id}:{len(chunk)}x{n_extra}"
+                out, wall = self._call([self.prompt_ids[t.id] for t in chunk], self._paper(th, n_extra, 1))
+                info = self._batch_info(bid, out, wall, len(chunk))
+                recs = []
+                for j, t in enumerate(chunk):
+                    r = out.results[j]
+                    paths = [_path_record(p, t.answer, mode) for p in r.paths]
+                    recs.append(finish(t, paths, tree_tokens([p.token_ids for p in r.paths]), info))
+                self.store.add(recs)
+                spent += info["tokens"]
+                bar.update(len(chunk))
+                bar.set_postfix(tokens=spent)
+        bar.close()
+
+    def label(self, method: str, theta: Optional[float] = None) -> str:
+        """The record label; a sweep theta equal to the main theta reuses the main records."""
+        if theta is not None and theta == self.cfg.theta:
+            theta = None
+        return label(method, theta if method in ("eager_init", "eager_adapt", "eager_full") else None)
+
+    def run(self, method: str, theta: Optional[float] = None) -> None:
+        if theta is not None and theta == self.cfg.theta:
+            theta = None
+        if method in ("eager_adapt", "eager_full"):
+            self.run_budget(method, theta)
+        elif method in METHODS:
+            self.run_simple(method, theta if method == "eager_init" else None)
+        else:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def _unique_batches(records: list) -> list:
+    seen, out = set(), []
+    for r in records:
+        for b in r["batches"]:
+            if b["id"] not in seen:
+                seen.add(b["id"])
+                out.append(b)
+    return out
+
+
+def summarize(records: list) -> dict:
+    """One method's numbers over its records (the prompts completed so far).
+
+    tokens / wall_s: sums over the distinct generate() calls behind the records (an
+    adapt / full record counts its init call too); sequences: paths over all prompts;
+    pass_at_k: fraction of prompts with any correct path; pass_rate: mean over prompts of
+    the fraction of correct paths; answer_acc: fraction of prompts whose chosen path (best
+    log-prob per token) is correct.
+    """
+    n = len(records)
+    batches = _unique_batches(records)
+    if n == 0:
+        return {"prompts": 0}
+    return {
+        "prompts": n,
+        "tokens": sum(b["tokens"] for b in batches),
+        "tokens_per_prompt": sum(b["tokens"] for b in batches) / n,
+        "sequences": sum(r["n_paths"] for r in records),
+        "sequences_per_prompt": sum(r["n_paths"] for r in records) / n,
+        "pass_at_k": sum(bool(r["pass_at_k"]) for r in records) / n,
+        "pass_rate": sum(r["pass_rate"] for r in records) / n,
+        "answer_acc": sum(bool(r["answer_correct"]) for r in records) / n,
+        "branch_events": sum(b.get("branch_events", 0) for b in batches),
+        "wall_s": sum(b["wall_s"] for b in batches),
+    }
