@@ -143,6 +143,10 @@ def main(argv=None):
                 dist=args.dist, load=" ".join(f"{v:.2f}" for v in os.getloadavg()))
     print(f"# {meta['date']} | {meta['cpu']} | torch {meta['torch']} | threads {meta['threads']} | "
           f"kernels {meta['isa']} | logits {args.dist} | load {meta['load']}")
+    if os.getloadavg()[0] > 1.0:
+        print(f"# WARNING: load average {os.getloadavg()[0]:.2f}: other processes share the cores; with 2 threads "
+              "a descheduled OpenMP thread stalls a whole op (multi-ms outliers). Rerun on a quiet machine, or "
+              "compare with --threads 1.")
     gen = torch.Generator().manual_seed(0)
     rows_out = []
     header = f"{'dtype':>8} {'B':>3} {'V':>7} {'op':<14} {'cpu us':>9} {'torch us':>9} {'compile us':>10} " \
