@@ -65,21 +65,21 @@ struct Loader<kF16> {
 
 // ---- math -------------------------------------------------------------------------------
 
-// exp(d) for d in [-87, 0]: Cody-Waite reduction by ln 2 and a degree-6 polynomial
-// (Cephes expf), scaled by 2^n with scalef. About 1 ulp.
+// exp(d) for d in [-87, 0] as 2^n 2^f: n = round(d log2 e), f = d log2 e - n from two
+// FMAs with log2 e split in two (so f carries no rounding of the product), 2^f by a
+// degree-6 polynomial on [-1/2, 1/2], scaled with scalef. About 1-2 ulp.
 EK_INLINE __m512 exp_nonpos(__m512 d) {
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), d);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+  __m512 f = _mm512_fmsub_ps(d, _mm512_set1_ps(1.44269502f), n);
+  f = _mm512_fmadd_ps(d, _mm512_set1_ps(1.92596299e-8f), f);
+  __m512 p = _mm512_set1_ps(1.535336188e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
 
