@@ -51,16 +51,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+CLOCK = time.perf_counter
+
+
 def timeit(fn, min_runs: int, budget_s: float) -> float:
-    """Median wall time in microseconds over at least min_runs runs (or budget_s)."""
+    """Median time in microseconds (CLOCK) over at least min_runs runs (or budget_s)."""
     for _ in range(3):
         fn()
     times = []
     start = time.perf_counter()
     while len(times) < min_runs or (time.perf_counter() - start < budget_s and len(times) < 2000):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
         if len(times) >= min_runs and time.perf_counter() - start > budget_s:
             break
     return statistics.median(times) * 1e6
@@ -117,7 +120,15 @@ def main(argv=None):
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     ap.add_argument("--dist", choices=["randn3", "peaked"], default="randn3")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: perf_counter; cpu: the calling thread's CPU time (time.thread_time), which "
+                         "ignores time spent descheduled on a busy machine; meaningful with --threads 1 only")
     args = ap.parse_args(argv)
+    global CLOCK
+    if args.clock == "cpu":
+        if args.threads != 1:
+            sys.exit("--clock cpu needs --threads 1 (other threads' work would not be counted)")
+        CLOCK = time.thread_time
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,10 +150,11 @@ def main(argv=None):
         compiled["step_greedy"] = torch.compile(lambda x, h, g: plain_step(x, h, g, True), dynamic=True)
 
     meta = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                cpu=cpu_name(), torch=torch.__version__, threads=torch.get_num_threads(), isa=_C.isa(),
+                cpu=cpu_name(), torch=torch.__version__, threads=torch.get_num_threads(), clock=args.clock,
+                isa=_C.isa(),
                 dist=args.dist, load=" ".join(f"{v:.2f}" for v in os.getloadavg()))
     print(f"# {meta['date']} | {meta['cpu']} | torch {meta['torch']} | threads {meta['threads']} | "
-          f"kernels {meta['isa']} | logits {args.dist} | load {meta['load']}")
+          f"clock {args.clock} | kernels {meta['isa']} | logits {args.dist} | load {meta['load']}")
     if os.getloadavg()[0] > 1.0:
         print(f"# WARNING: load average {os.getloadavg()[0]:.2f}: other processes share the cores; with 2 threads "
               "a descheduled OpenMP thread stalls a whole op (multi-ms outliers). Rerun on a quiet machine, or "
