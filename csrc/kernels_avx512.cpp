@@ -8,7 +8,8 @@
 
 #include "eager_cpu.h"
 
-#if defined(__GNUC__) && defined(__x86_64__)
+// GCC only (the target pragma); other compilers build the portable kernels alone.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define EAGER_HAVE_AVX512 1
 #endif
 
@@ -134,39 +135,10 @@ EK_INLINE void make_keys(PhiloxKeys& keys, uint32_t key0, uint32_t key1) {
   }
 }
 
-// Philox for 16 arbitrary counters c0 (lane-major: out[l] holds lane l of each counter).
-EK_INLINE void philox16(__m512i c0, uint32_t row, uint32_t ctr2, uint32_t ctr3, const PhiloxKeys& keys,
-                        __m512i out[4]) {
-  __m512i c1 = _mm512_set1_epi32(static_cast<int>(row));
-  __m512i c2 = _mm512_set1_epi32(static_cast<int>(ctr2));
-  __m512i c3 = _mm512_set1_epi32(static_cast<int>(ctr3));
-  const __m512i ra = _mm512_set1_epi32(static_cast<int>(kPhiloxRoundA));
-  const __m512i rb = _mm512_set1_epi32(static_cast<int>(kPhiloxRoundB));
-  for (int r = 0; r < 10; ++r) {
-    __m512i hb, lb, ha, la;
-    mul_hi_lo(c2, rb, hb, lb);
-    mul_hi_lo(c0, ra, ha, la);
-    c0 = _mm512_ternarylogic_epi32(hb, c1, keys.k0[r], 0x96);
-    c2 = _mm512_ternarylogic_epi32(ha, c3, keys.k1[r], 0x96);
-    c1 = lb;
-    c3 = la;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
-}
-
-// Random words of columns 4*quad0 .. 4*quad0 + 63, in column order (out[j] holds columns
-// 16 j .. 16 j + 15).
-EK_INLINE void philox64(uint32_t quad0, uint32_t row, uint32_t ctr2, uint32_t ctr3,
-                        const PhiloxKeys& keys, __m512i out[4]) {
-  __m512i c[4];
-  philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(quad0)),
-                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
-           row, ctr2, ctr3, keys, c);
-  // Lane-major (c[l][j] = lane l of counter j) to column order: a 4x4 transpose inside each
-  // 128-bit block, then a 4x4 transpose of the blocks.
+// Lane-major words (c[l][j] = lane l of counter j, 16 consecutive counters) to column
+// order (out[k] = columns 16 k .. 16 k + 15 of the 64): a 4x4 transpose inside each
+// 128-bit block, then a 4x4 transpose of the blocks.
+EK_INLINE void lanes_to_columns(const __m512i c[4], __m512i out[4]) {
   const __m512i ab_lo = _mm512_unpacklo_epi32(c[0], c[1]), ab_hi = _mm512_unpackhi_epi32(c[0], c[1]);
   const __m512i cd_lo = _mm512_unpacklo_epi32(c[2], c[3]), cd_hi = _mm512_unpackhi_epi32(c[2], c[3]);
   const __m512i t0 = _mm512_unpacklo_epi64(ab_lo, cd_lo), t1 = _mm512_unpackhi_epi64(ab_lo, cd_lo);
@@ -485,14 +457,19 @@ ChunkFn avx512_chunk_fn(int elem_kind, int sums) {
 
 void avx512_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
                      uint32_t ctr3, float* out) {
+  // The kernels' own Philox (philox16x2) and conversion, put back in column order.
   PhiloxKeys keys;
   make_keys(keys, key0, key1);
-  for (int64_t c = 0; c < cols; c += 64) {
-    __m512i words[4];
-    philox64(static_cast<uint32_t>(c >> 2), row, ctr2, ctr3, keys, words);
-    for (int j = 0; j < 4; ++j) {
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t c = 0; c < cols; c += 128) {
+    const __m512i q = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c >> 2)), iota);
+    __m512i wa[4], wb[4], cols_a[4], cols_b[4];
+    philox16x2(q, _mm512_add_epi32(q, _mm512_set1_epi32(16)), row, ctr2, ctr3, keys, wa, wb);
+    lanes_to_columns(wa, cols_a);
+    lanes_to_columns(wb, cols_b);
+    for (int j = 0; j < 8; ++j) {
       alignas(64) float u[16];
-      _mm512_store_ps(u, folded_to_uniform(fold(words[j])));
+      _mm512_store_ps(u, folded_to_uniform(fold(j < 4 ? cols_a[j] : cols_b[j - 4])));
       for (int l = 0; l < 16 && c + 16 * j + l < cols; ++l) out[c + 16 * j + l] = u[l];
     }
   }
