@@ -184,11 +184,12 @@ def test_tensor_input_with_attention_mask(tiny):
 
 class _RowCounter:
     def __init__(self, model):
-        self.rows = []
+        self.rows, self.lengths = [], []
         self.handle = model.register_forward_pre_hook(self.hook, with_kwargs=True)
 
     def hook(self, module, args, kwargs):
         self.rows.append(kwargs["input_ids"].shape[0])
+        self.lengths.append(kwargs["input_ids"].shape[1])
 
 
 @pytest.mark.parametrize("policy", ["seed", "paper"])
@@ -204,6 +205,10 @@ def test_cap_m_never_exceeded(tiny, policy, m):
     assert all(n <= m for n in out.metrics.paths_per_prompt)
     assert all(n <= m for n in out.metrics.max_active_per_prompt)
     assert max(counter.rows[1:]) <= m * len(PROMPTS)
+    # one prefill, then one token per row per step: no prefix is ever run again
+    assert counter.lengths[0] == max(map(len, PROMPTS)) and set(counter.lengths[1:]) == {1}
+    assert len(counter.rows) == out.metrics.forward_passes
+    assert sum(counter.rows[1:]) == out.metrics.decode_rows
     if m > 1:
         assert max(out.metrics.paths_per_prompt) == m  # branching really happened
 
