@@ -150,10 +150,14 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
     ids, pmask = ids.to(device), pmask.to(device)
     real_len = pmask.sum(1)
     pos = (pmask.cumsum(1) - 1).clamp_min(0)
+    # Without padding no mask is passed: transformers then needs none, and it does not read
+    # the mask on the host (with padding it checks mask.all() once per forward, a host sync
+    # inside the model that the sampler cannot avoid for every attention implementation).
+    padded = any(len(p) < P for p in prompts)
     cache = _new_cache(model)
     extra = {keep_kw: 1} if keep_kw else {}
     t0 = time.perf_counter()
-    out = model(input_ids=ids, attention_mask=pmask, position_ids=pos, use_cache=True,
+    out = model(input_ids=ids, attention_mask=pmask if padded else None, position_ids=pos, use_cache=True,
                 **{cache_kw: cache}, **extra)
     logits = out.logits[:, -1, :]
     if device.type == "cuda":
@@ -275,7 +279,7 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
         peak = torch.maximum(peak, _group_count(grp[:R], G))
         if not ident:
             cache.reorder_cache(s[:R])
-        step_mask = torch.cat([pmask[grp[:R]], ones_col.expand(R, t + 1)], dim=1)
+        step_mask = torch.cat([pmask[grp[:R]], ones_col.expand(R, t + 1)], dim=1) if padded else None
         step_pos = (real_len[grp[:R]] + t)[:, None]
         out = model(input_ids=tok[:R, t: t + 1], attention_mask=step_mask, position_ids=step_pos,
                     use_cache=True, **{cache_kw: cache})
