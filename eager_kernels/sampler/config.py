@@ -59,8 +59,9 @@ class EagerConfig:
             highest cumulative log-probability (finished paths compete too); None = no
             pruning. Default paper None / seed 32.
         stop_branching_at: a string (or list of strings) such as "</think>": once a path
-            contains it, that path no longer branches. Matched on its token ids (needs the
-            tokenizer). Default None.
+            contains it, that path no longer branches. Matched on token ids, as the
+            tokenizer encodes the string alone and after a space (needs the tokenizer).
+            Default None.
         stop_branching_ids: the same as token-id sequences, for callers without a
             tokenizer. Default None.
         eos_token_id: the id(s) that end a path; None = the tokenizer's, else the model's

@@ -75,7 +75,12 @@ def _stop_seqs(cfg, tokenizer) -> list:
     for s in strings or []:
         if tokenizer is None:
             raise ValueError("stop_branching_at needs tokenizer= (or give stop_branching_ids)")
-        seqs.append(list(tokenizer.encode(s, add_special_tokens=False)))
+        # Matched on token ids: the string as it encodes alone and after a space (BPE
+        # vocabularies often merge the space into the first token, e.g. " </" + "think" + ">").
+        for variant in (s, " " + s):
+            ids = [int(i) for i in tokenizer.encode(variant, add_special_tokens=False)]
+            if ids and ids not in seqs:
+                seqs.append(ids)
     return seqs
 
 
