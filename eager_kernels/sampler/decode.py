@@ -123,9 +123,10 @@ def _segmented_rank(score: torch.Tensor, grp: torch.Tensor, num_groups: int) -> 
 
 
 def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: list,
-              stop_seqs: list, pad_id: int, seed: int, metrics, progress=None) -> list:
-    """Decode one tree per prompt (prompts: lists of token ids, caps: M per prompt) and
-    return, per prompt, a list of raw path dicts. Updates `metrics` in place."""
+              stop_seqs: list, pad_id: int, seed: int, metrics, progress=None) -> tuple:
+    """Decode one tree per prompt (prompts: lists of token ids, caps: M per prompt).
+    Returns (per prompt a list of raw path dicts, per prompt its peak number of active
+    rows) and updates `metrics` in place."""
     device = next(model.parameters()).device
     G = len(prompts)
     T = cfg.max_new_tokens
