@@ -68,8 +68,17 @@ def print_output(out, prompts, *, show: int = 12, file=None) -> None:
     w(f"  decode            {m.decode_s:.2f} s ({rate:.1f} tokens/s)\n")
 
 
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def cmd_generate(args) -> int:
     from . import EagerConfig, generate
+
+    _threads(args)
 
     model, tok, name, load_s = _load(args.model)
     overrides = dict(max_new_tokens=args.max_new_tokens, backend=args.backend, seed=args.seed)
@@ -108,7 +117,8 @@ def cmd_demo(args) -> int:
     print(f"\n== EAGer generate on the default model: {DEMO_PROMPT!r}, seed policy, 32 new tokens ==")
     ns = argparse.Namespace(prompt=[DEMO_PROMPT], model=args.model, policy="seed", max_new_tokens=32,
                             backend=args.backend, seed=0, max_paths=None, temperature=None, budget=None,
-                            stop_branching_at=None, progress=None, no_chat_template=False, show=12, json=None)
+                            stop_branching_at=None, progress=None, no_chat_template=False, show=12, json=None,
+                            threads=args.threads)
     return cmd_generate(ns)
 
 
@@ -142,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as is")
     g.add_argument("--show", type=int, default=12, help="paths to print per prompt")
     g.add_argument("--json", default=None, help="also write all paths and metrics to this file")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is often faster on a machine shared with other jobs)")
     g.add_argument("--progress", dest="progress", action="store_true", default=None)
     g.add_argument("--no-progress", dest="progress", action="store_false")
     g.set_defaults(func=cmd_generate)
@@ -149,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="kernel checks, then generate on the default model")
     d.add_argument("--model", default=None)
     d.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default="auto")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads for the generate part")
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="run benchmarks/bench_decode.py (source checkout)")
