@@ -24,11 +24,27 @@ VOCABS = [1, 7, 1000, 32000, 49152]
 CASES = ["randn", "masked", "ties", "huge", "strided"]
 
 
+@pytest.fixture(autouse=True)
+def _restore_isa():
+    yield
+    _C.set_isa("auto")
+
+
 @pytest.fixture(params=ISAS)
 def isa(request):
     _C.set_isa(request.param)
     yield request.param
     _C.set_isa("auto")
+
+
+def each_isa():
+    """Run the body once per kernel set (the reference is computed once, outside)."""
+    try:
+        for name in ISAS:
+            _C.set_isa(name)
+            yield name
+    finally:
+        _C.set_isa("auto")
 
 
 def make_logits(case: str, rows: int, vocab: int, dtype, gen: torch.Generator) -> torch.Tensor:
@@ -61,19 +77,24 @@ def assert_topk(lp, ids, x, k):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("vocab", VOCABS)
 @pytest.mark.parametrize("case", CASES)
-def test_ops_match_reference(isa, dtype, vocab, case):
+def test_ops_match_reference(dtype, vocab, case):
     gen = torch.Generator().manual_seed(hash((dtype, vocab, case)) % 2**31)
     x = make_logits(case, 3, vocab, dtype, gen)
-    ent = ek.entropy(x, backend="cpu")
-    torch.testing.assert_close(ent, ref.entropy(x.double()).float(), atol=2e-4, rtol=1e-5)
-    top_k = min(20, vocab)
-    ent_k = ek.entropy(x, top_k=top_k, backend="cpu")
-    torch.testing.assert_close(ent_k, ref.entropy(x.double(), top_k).float(), atol=2e-5, rtol=1e-5)
-    k = min(8, vocab)
-    assert_topk(*ek.topk_logprobs(x, k, backend="cpu"), x, k)
-    for temperature in (0.6, 0.0):
-        tok = ek.sample(x, temperature=temperature, seed=1234, offset=vocab, backend="cpu")
-        assert torch.equal(tok, ref.sample(x, temperature, 1234, vocab))
+    top_k, k = min(20, vocab), min(8, vocab)
+    want_ent = ref.entropy(x.double()).float()
+    want_ent_k = ref.entropy(x.double(), top_k).float()
+    want_lp, want_ids = ref.topk_logprobs(x.double(), k)
+    want_tok = {t: ref.sample(x, t, 1234, vocab) for t in (0.6, 0.0)}
+    for isa in each_isa():
+        torch.testing.assert_close(ek.entropy(x, backend="cpu"), want_ent, atol=2e-4, rtol=1e-5, msg=isa)
+        torch.testing.assert_close(ek.entropy(x, top_k=top_k, backend="cpu"), want_ent_k, atol=2e-5, rtol=1e-5,
+                                   msg=isa)
+        lp, ids = ek.topk_logprobs(x, k, backend="cpu")
+        torch.testing.assert_close(lp, want_lp.float(), atol=1e-4, rtol=1e-5, msg=isa)
+        assert torch.equal(ids, want_ids), f"{isa}: top-k ids differ from the order (value desc, id asc)"
+        for temperature, want in want_tok.items():
+            tok = ek.sample(x, temperature=temperature, seed=1234, offset=vocab, backend="cpu")
+            assert torch.equal(tok, want), (isa, temperature)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -121,7 +142,7 @@ def test_gumbel_bounds_hold():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["flat", "peaked", "masked"])
-def test_sample_identical_to_reference(isa, dtype, kind):
+def test_sample_identical_to_reference(dtype, kind):
     gen = torch.Generator().manual_seed(7)
     rows, vocab = 6, 49152
     x = torch.randn(rows, vocab, generator=gen) * 3
@@ -133,10 +154,13 @@ def test_sample_identical_to_reference(isa, dtype, kind):
     x = x.to(dtype)
     temps = torch.tensor([0.6, 1.0, 0.0, 2.5, 1e-3, 0.3])
     for seed, offset in [(0, 0), (42, 17), (torch.tensor(99), torch.tensor([5]))]:
-        got = ek.sample(x, temperature=temps, seed=seed, offset=offset, backend="cpu")
-        assert torch.equal(got, ref.sample(x, temps, seed, offset))
-        got = ek.sample(x, temperature=0.6, seed=seed, offset=offset, backend="cpu")
-        assert torch.equal(got, ref.sample(x, 0.6, seed, offset))
+        want_rows = ref.sample(x, temps, seed, offset)
+        want = ref.sample(x, 0.6, seed, offset)
+        for isa in each_isa():
+            got = ek.sample(x, temperature=temps, seed=seed, offset=offset, backend="cpu")
+            assert torch.equal(got, want_rows), isa
+            got = ek.sample(x, temperature=0.6, seed=seed, offset=offset, backend="cpu")
+            assert torch.equal(got, want), isa
 
 
 def test_sample_frequencies(isa):
@@ -154,13 +178,13 @@ def test_sample_frequencies(isa):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("entropy_top_k", [None, 20])
-def test_eager_step_matches_reference(isa, dtype, entropy_top_k):
+def test_eager_step_matches_reference(dtype, entropy_top_k):
     gen = torch.Generator().manual_seed(11)
     rows, vocab, num_groups = 5, 32000, 3
     groups = torch.tensor([0, 0, 1, 2, 1])
     temps = torch.tensor([0.6, 0.0, 1.0, 0.6, 0.0])
     q, theta, initial = 80.0, 0.5, 5.0
-    hist = ek.EntropyHistory(num_groups, 64, backend="cpu")
+    hists = {isa: ek.EntropyHistory(num_groups, 64, backend="cpu") for isa in ISAS}
     # The oracle: reference.eager_step on float64 logits with its own float32 history.
     values = torch.full((num_groups, 64), float("inf"))
     count = torch.zeros(num_groups, dtype=torch.int64)
@@ -169,19 +193,21 @@ def test_eager_step_matches_reference(isa, dtype, entropy_top_k):
         x = torch.randn(rows, vocab, generator=gen) * (1 + step)
         x[1, torch.rand(vocab, generator=gen) < 0.5] = float("-inf")
         x = x.to(dtype)
-        got = ek.eager_step(x, hist, groups, k=4, temperature=temps, entropy_top_k=entropy_top_k, q=q,
-                            theta=theta, initial_threshold=initial, seed=5, offset=step, backend="cpu")
         ent, thr, branch, token, cand_ids, cand_lp = ref.eager_step(
             x.double(), values, count, overflow, groups, 4, temps, entropy_top_k, q, theta, initial, 5, step)
-        torch.testing.assert_close(got.entropy, ent.float(), atol=2e-4, rtol=1e-5)
-        torch.testing.assert_close(got.threshold, thr.float(), atol=2e-4, rtol=1e-5)
-        assert torch.equal(got.cand_ids, cand_ids)
-        torch.testing.assert_close(got.cand_logprobs, cand_lp.float(), atol=1e-4, rtol=1e-5)
         away = (ent - thr).abs() > 1e-3  # branch decisions away from a tie
-        assert torch.equal(got.branch[away], branch[away])
-        assert torch.equal(got.token, token)
-        assert torch.equal(hist.count, count)
-        torch.testing.assert_close(hist.values, values, atol=2e-4, rtol=1e-5)
+        for isa in each_isa():
+            hist = hists[isa]
+            got = ek.eager_step(x, hist, groups, k=4, temperature=temps, entropy_top_k=entropy_top_k, q=q,
+                                theta=theta, initial_threshold=initial, seed=5, offset=step, backend="cpu")
+            torch.testing.assert_close(got.entropy, ent.float(), atol=2e-4, rtol=1e-5, msg=isa)
+            torch.testing.assert_close(got.threshold, thr.float(), atol=2e-4, rtol=1e-5, msg=isa)
+            assert torch.equal(got.cand_ids, cand_ids), isa
+            torch.testing.assert_close(got.cand_logprobs, cand_lp.float(), atol=1e-4, rtol=1e-5, msg=isa)
+            assert torch.equal(got.branch[away], branch[away]), isa
+            assert torch.equal(got.token, token), isa
+            assert torch.equal(hist.count, count), isa
+            torch.testing.assert_close(hist.values, values, atol=2e-4, rtol=1e-5, msg=isa)
 
 
 def test_direct_and_dispatcher_paths_agree(isa):
