@@ -45,12 +45,14 @@ def plot_pass_vs_tokens(rows: list, path, *, title: str) -> Path:
     """One point per method: Pass@k (%) against tokens generated (the paper's Figure 1)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    points = {}  # methods with identical results share one point and one label
     for r in rows:
-        if not r.get("prompts"):
-            continue
-        x, y = r["tokens"], 100 * r["pass_at_k"]
+        if r.get("prompts"):
+            points.setdefault((r["tokens"], r["pass_at_k"], r["sequences_per_prompt"]), []).append(r["method"])
+    for (tokens, pass_k, seq), names in points.items():
+        x, y = tokens, 100 * pass_k
         ax.scatter([x], [y], s=60, zorder=3)
-        ax.annotate(f"{r['method']} ({r['sequences_per_prompt']:.1f} seq/prompt)", (x, y),
+        ax.annotate(f"{' = '.join(names)} ({seq:.1f} seq/prompt)", (x, y),
                     textcoords="offset points", xytext=(6, 5), fontsize=8)
     ax.set_xlabel("tokens generated (all prompts)")
     ax.set_ylabel("Pass@k (%)")
@@ -70,7 +72,7 @@ def plot_theta_sweep(curves: dict, refs: list, path, *, title: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for name, pts in curves.items():
-        pts = [(th, r) for th, r in pts if r.get("prompts")]
+        pts = sorted(((th, r) for th, r in pts if r.get("prompts")), key=lambda x: x[0])
         if not pts:
             continue
         xs = [r["tokens"] for _, r in pts]
