@@ -25,7 +25,6 @@ import argparse
 import csv
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,20 +34,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import eager_kernels as ek  # noqa: E402
+from eager_kernels import benchmarking as bm  # noqa: E402
 
 K, TOPK_ENT, TEMP, Q, THETA = 4, 20, 0.6, 99.0, 2.0
 HIST_LEN = 256
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 CLOCK = time.perf_counter
@@ -72,40 +61,32 @@ def timeit(fn, min_runs: int, budget_s: float, with_min: bool = False):
     return statistics.median(times) * 1e6
 
 
-# ---- plain torch baselines ----------------------------------------------------------------
+# ---- plain torch baselines: eager_kernels.benchmarking, shared with the other benchmarks --
 
 
 def plain_entropy(x):
-    p = F.softmax(x, dim=-1, dtype=torch.float32)
-    return -(p * torch.log(p + 1e-10)).sum(-1)
+    return bm.plain_entropy(x)
 
 
 def plain_entropy_topk(x):
-    v = torch.topk(x, TOPK_ENT, dim=-1).values
-    p = F.softmax(v, dim=-1, dtype=torch.float32)
-    return -(p * torch.log(p + 1e-10)).sum(-1)
+    return bm.plain_entropy(x, TOPK_ENT)
 
 
 def plain_topk_logprobs(x):
-    return torch.log_softmax(x, dim=-1, dtype=torch.float32).topk(K, dim=-1)
+    return bm.plain_topk_logprobs(x, K)
 
 
 def plain_sample(x):
-    gumbel = -torch.log(-torch.log(torch.rand(x.shape, dtype=torch.float32)))
-    return (x.float() / TEMP + gumbel).argmax(-1)
+    return bm.plain_sample(x, TEMP)
 
 
 def plain_threshold(hist, group):
-    return torch.quantile(hist, Q / 100, dim=-1).clamp_min(THETA)[group]
+    return bm.plain_threshold(hist, group, Q, THETA)
 
 
 def plain_step(x, hist, group, greedy: bool):
-    ent = plain_entropy_topk(x)
-    thr = plain_threshold(hist, group)
-    branch = ent > thr
-    token = x.argmax(-1) if greedy else plain_sample(x)
-    logprobs, ids = plain_topk_logprobs(x)
-    return ent, thr, branch, token, ids, logprobs
+    return bm.plain_torch_step(x, hist, group, k=K, temperature=0.0 if greedy else TEMP,
+                               entropy_top_k=TOPK_ENT, q=Q, theta=THETA)
 
 
 def make_logits(rows, vocab, dtype, dist, gen):
@@ -153,7 +134,7 @@ def main(argv=None):
         compiled["step_greedy"] = torch.compile(lambda x, h, g: plain_step(x, h, g, True), dynamic=True)
 
     meta = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                cpu=cpu_name(), torch=torch.__version__, threads=torch.get_num_threads(), clock=args.clock,
+                cpu=bm.cpu_name(), torch=torch.__version__, threads=torch.get_num_threads(), clock=args.clock,
                 isa=_C.isa(),
                 dist=args.dist, load=" ".join(f"{v:.2f}" for v in os.getloadavg()))
     print(f"# {meta['date']} | {meta['cpu']} | torch {meta['torch']} | threads {meta['threads']} | "

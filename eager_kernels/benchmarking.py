@@ -16,24 +16,41 @@ import torch
 import torch.nn.functional as F
 
 
+def plain_entropy(x, top_k=None):
+    """-(p * log(p + 1e-10)).sum(-1) with p = F.softmax (float32 accumulation, no upcast
+    copy); top-K: torch.topk first, then the same on the K values."""
+    if top_k is not None:
+        x = torch.topk(x, top_k, dim=-1).values
+    p = F.softmax(x, dim=-1, dtype=torch.float32)
+    return -(p * torch.log(p + 1e-10)).sum(-1)
+
+
+def plain_topk_logprobs(x, k):
+    return torch.log_softmax(x, dim=-1, dtype=torch.float32).topk(k, dim=-1)
+
+
+def plain_sample(x, temperature):
+    """Gumbel arg-max with torch.rand (faster than torch.multinomial on CPU); argmax at T=0."""
+    if temperature == 0:
+        return x.argmax(-1)
+    gumbel = -torch.log(-torch.log(torch.rand(x.shape, dtype=torch.float32, device=x.device)))
+    return (x.float() / temperature + gumbel).argmax(-1)
+
+
+def plain_threshold(hist, group, q, theta):
+    """torch.quantile over each group's history [G, N], clamped at theta, per row."""
+    return torch.quantile(hist, q / 100.0, dim=-1).clamp_min(theta)[group]
+
+
 def plain_torch_step(logits, hist, group, *, k, temperature, entropy_top_k, q, theta):
-    """One EAGer step as a user writes it with torch: F.softmax and -(p*log(p+1e-10)).sum
-    for the entropy (topk first for the top-K entropy), log_softmax + topk for the
-    candidates, torch.quantile over each group's history [G, N] for the threshold, and the
-    Gumbel arg-max with torch.rand for the sample (argmax when temperature is 0)."""
-    x = logits.float()
-    if entropy_top_k is not None:
-        p = F.softmax(torch.topk(x, entropy_top_k, dim=-1).values, dim=-1)
-    else:
-        p = F.softmax(x, dim=-1)
-    entropy = -(p * torch.log(p + 1e-10)).sum(-1)
-    cand_logprobs, cand_ids = torch.topk(F.log_softmax(x, dim=-1), k, dim=-1)
-    threshold = torch.quantile(hist, q / 100.0, dim=1)[group].clamp_min(theta)
+    """One EAGer step as a user writes it with plain torch, each part in its fastest form
+    (the functions above). The history is a fixed [G, N] tensor and is not appended to:
+    the baseline is spared that work."""
+    entropy = plain_entropy(logits, entropy_top_k)
+    threshold = plain_threshold(hist, group, q, theta)
     branch = entropy > threshold
-    if temperature > 0:
-        token = torch.argmax(x / temperature - torch.log(-torch.log(torch.rand_like(x))), dim=-1)
-    else:
-        token = torch.argmax(x, dim=-1)
+    token = plain_sample(logits, temperature)
+    cand_logprobs, cand_ids = plain_topk_logprobs(logits, k)
     return entropy, threshold, branch, token, cand_ids, cand_logprobs
 
 
@@ -95,7 +112,7 @@ def environment() -> dict:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
-        device = _cpu_name()
+        device = cpu_name()
     try:
         import triton
 
@@ -112,7 +129,7 @@ def environment() -> dict:
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
