@@ -13,9 +13,12 @@ usually written and (b) transformers' own generate(), on SmolLM2-135M-Instruct (
     number of paths eager_kernels.generate returned: the same number of sequences and tokens.
 
     python benchmarks/bench_decode.py [--max-new-tokens 32] [--repeats 3] [--backend auto]
+                                      [--threads N] [--skip-practitioner]
 
-Prints a table and writes benchmarks/results/decode.csv (one row per method, with the date,
-CPU, torch version and load average).
+Prints a table (wall time and process CPU time; --threads 1 gives steady figures on a machine
+shared with other jobs, where two OpenMP threads spin-wait on each other) and appends to
+benchmarks/results/decode.csv (one row per method, with the date, CPU, threads, torch and
+transformers versions and the load average).
 """
 from __future__ import annotations
 
