@@ -204,6 +204,8 @@ def test_cap_m_never_exceeded(tiny, policy, m):
         counter.handle.remove()
     assert all(n <= m for n in out.metrics.paths_per_prompt)
     assert all(n <= m for n in out.metrics.max_active_per_prompt)
+    if policy == "paper":  # no pruning: each branch event adds exactly one path
+        assert [r.branch_events + 1 for r in out.results] == out.metrics.paths_per_prompt
     assert max(counter.rows[1:]) <= m * len(PROMPTS)
     # one prefill, then one token per row per step: no prefix is ever run again
     assert counter.lengths[0] == max(map(len, PROMPTS)) and set(counter.lengths[1:]) == {1}
@@ -216,6 +218,7 @@ def test_cap_m_never_exceeded(tiny, policy, m):
 def test_seed_policy_branch_width_and_prune(tiny):
     out = generate(tiny, PROMPTS, seed_cfg(prune_to=5, max_paths_per_prompt=32))
     assert max(out.metrics.paths_per_prompt) == 5
+    assert sum(r.branch_events for r in out.results) == out.metrics.branch_events > 0
     for r in out.results:
         best = max(p.score for p in r.paths)
         assert r.answer.score == best

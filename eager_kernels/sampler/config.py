@@ -183,7 +183,7 @@ class Path:
 class PromptResult:
     paths: list
     answer: Optional[Path]
-    branch_events: int = 0
+    branch_events: int = 0  # rows of this prompt that opened new paths (all stages)
 
     @property
     def mean_entropy(self) -> float:

@@ -125,8 +125,8 @@ def _segmented_rank(score: torch.Tensor, grp: torch.Tensor, num_groups: int) -> 
 def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: list,
               stop_seqs: list, pad_id: int, seed: int, metrics, progress=None) -> tuple:
     """Decode one tree per prompt (prompts: lists of token ids, caps: M per prompt).
-    Returns (per prompt a list of raw path dicts, per prompt its peak number of active
-    rows) and updates `metrics` in place."""
+    Returns (per prompt: a list of raw path dicts, the peak number of active rows, the
+    number of branch events) and updates `metrics` in place."""
     device = next(model.parameters()).device
     G = len(prompts)
     T = cfg.max_new_tokens
@@ -178,6 +178,7 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
     stopped = torch.zeros(G, dtype=torch.bool, device=device)
     R, N = G, G
     peak = torch.ones(G, dtype=torch.int64, device=device)
+    branch_events = torch.zeros(G, dtype=torch.int64, device=device)
 
     history = EntropyHistory(G, max(1, T * int(keep_n.max())), device=device, backend=cfg.backend)
     eos_t = torch.tensor(eos_ids or [-2], dtype=torch.int64, device=device)
@@ -213,6 +214,7 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
             req = torch.minimum(req, (room[agrp] - before).clamp_min(0))
         branched = req > 0
         nk = req + 1
+        branch_events.scatter_add_(0, agrp, branched.to(torch.int64))
 
         # Candidates: children of active rows [R * nmax], then the finished rows.
         lse = logits.gather(1, res.cand_ids[:, :1]).float()[:, 0] - res.cand_logprobs[:, 0]
@@ -304,5 +306,4 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
             entropies=ent_h[i, :n].tolist(),
             branch_steps=torch.nonzero(brf_h[i, :n]).flatten().tolist(),
             finished="eos" if bool(eos_h[i]) else "length"))
-    peak_h = peak.tolist()
-    return out_paths, peak_h
+    return out_paths, peak.tolist(), branch_events.tolist()

@@ -127,12 +127,14 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
     metrics = Metrics()
     all_paths = [[] for _ in range(G)]
     peaks = [0] * G
+    events = [0] * G
 
     def stage(name, which, caps, seed):
-        raw, peak = run_stage(model, [prompts[i] for i in which], caps, cfg, eos_ids=eos, stop_seqs=stops,
+        raw, peak, bev = run_stage(model, [prompts[i] for i in which], caps, cfg, eos_ids=eos, stop_seqs=stops,
                               pad_id=int(pad), seed=seed, metrics=metrics, progress=progress)
         for j, i in enumerate(which):
             peaks[i] = max(peaks[i], peak[j])
+            events[i] += bev[j]
             for d in raw[j]:
                 text = tokenizer.decode(d["token_ids"], skip_special_tokens=True) if tokenizer is not None else None
                 all_paths[i].append(Path(prompt_index=i, stage=name, text=text, **d))
@@ -152,8 +154,7 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
     results = []
     for i in range(G):
         paths = all_paths[i]
-        results.append(PromptResult(paths=paths, answer=_best(paths),
-                                    branch_events=sum(1 for p in paths for _ in p.branch_steps)))
+        results.append(PromptResult(paths=paths, answer=_best(paths), branch_events=events[i]))
     metrics.paths_per_prompt = [len(p) for p in all_paths]
     metrics.max_active_per_prompt = peaks
     return EagerOutput(results=results, metrics=metrics, config=cfg)
