@@ -80,9 +80,10 @@ def plot_theta_sweep(curves: dict, refs: list, path, *, title: str) -> Path:
         ax.plot(xs, ys, marker="o", label=name)
         for (th, _), x, y in zip(pts, xs, ys):
             ax.annotate(f"θ={th:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    for r in refs:
+    for i, r in enumerate(refs):  # colours after the curves', so no reference shares one
         if r.get("prompts"):
-            ax.scatter([r["tokens"]], [100 * r["pass_at_k"]], marker="s", s=50, label=r["method"], zorder=3)
+            ax.scatter([r["tokens"]], [100 * r["pass_at_k"]], marker="s", s=50, label=r["method"], zorder=3,
+                       color=f"C{(len(curves) + i) % 10}")
     ax.set_xlabel("tokens generated (all prompts)")
     ax.set_ylabel("Pass@k (%)")
     ax.set_title(title, fontsize=10)
