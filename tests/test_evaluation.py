@@ -209,6 +209,7 @@ def test_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
     for m in ("greedy", "parallel", "eager_init", "eager_adapt", "eager_full"):
         mine = [r for r in recs if r["method"] == m]
         assert sum(r["tokens"] for r in mine) == rows[m]["tokens"], m
+        assert sum(r["branch_events"] for r in mine) == rows[m]["branch_events"], m
         for r in mine:
             assert r["pass_at_k"] == any(p["correct"] for p in r["paths"])
             assert all(p["correct"] == (p["pred"] == r["answer"]) for p in r["paths"])

@@ -214,6 +214,7 @@ class Evaluator:
                     if r.answer is not None:
                         ans = paths[next(i for i, p in enumerate(r.paths) if p is r.answer)]
                     recs.append(self._record(lab, t, paths, [info], [p.token_ids for p in r.paths], ans))
+                    recs[-1]["branch_events"] = int(r.branch_events)  # the sampler's per-prompt count
             self.store.add(recs)
             spent += info["tokens"]
             bar.update(len(chunk))
@@ -256,11 +257,12 @@ class Evaluator:
         bar = self._bar(lab, len(self.tasks), len(self.tasks) - len(pending))
         spent = sum(b["tokens"] for b in _unique_batches(self.records(lab)))
 
-        def finish(t, extra_paths, extra_tokens, extra_batch):
+        def finish(t, extra_paths, extra_tokens, extra_batch, extra_branches=0):
             r0 = init[t.id]
             paths = [dict(p) for p in r0["paths"]] + extra_paths
             rec = self._record(lab, t, paths, list(r0["batches"]) + ([extra_batch] if extra_batch else []), [])
             rec["tokens"] = r0["tokens"] + extra_tokens
+            rec["branch_events"] = r0["branch_events"] + extra_branches
             rec["extra_paths_allocated"] = extras[t.id]
             return rec
 
@@ -285,7 +287,8 @@ class Evaluator:
                 for j, t in enumerate(chunk):
                     r = out.results[j]
                     paths = [_path_record(p, t.answer, mode) for p in r.paths]
-                    recs.append(finish(t, paths, tree_tokens([p.token_ids for p in r.paths]), info))
+                    recs.append(finish(t, paths, tree_tokens([p.token_ids for p in r.paths]), info,
+                                       int(r.branch_events)))
                 self.store.add(recs)
                 spent += info["tokens"]
                 bar.update(len(chunk))
