@@ -107,19 +107,16 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    if importlib.util.find_spec("eager_kernels.demo") is not None:
-        from . import demo
+    from . import demo
 
-        print("== Kernel checks ==")
-        demo.run_kernel_checks()
-    else:
-        print("== Kernel checks: skipped (eager_kernels.demo is not in this checkout yet) ==")
+    checks_ok = demo.run_kernel_checks()
     print(f"\n== EAGer generate on the default model: {DEMO_PROMPT!r}, seed policy, 32 new tokens ==")
     ns = argparse.Namespace(prompt=[DEMO_PROMPT], model=args.model, policy="seed", max_new_tokens=32,
                             backend=args.backend, seed=0, max_paths=None, temperature=None, budget=None,
                             stop_branching_at=None, progress=None, no_chat_template=False, show=12, json=None,
                             threads=args.threads)
-    return cmd_generate(ns)
+    status = cmd_generate(ns)
+    return status if checks_ok else 1
 
 
 def cmd_bench(args) -> int:
@@ -131,6 +128,12 @@ def cmd_bench(args) -> int:
     sys.argv = [str(script)] + list(args.rest)
     runpy.run_path(str(script), run_name="__main__")
     return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import main as eval_main
+
+    return eval_main(list(args.rest)) or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,12 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run benchmarks/bench_decode.py (source checkout)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("eval", add_help=False,
+                       help="evaluate greedy / parallel / EAGer variants on the built-in task suite "
+                            "(eager-kernels eval --help)")
+    e.add_argument("rest", nargs=argparse.REMAINDER)
+    e.set_defaults(func=cmd_eval)
     # `eval` is planned (another issue): add it with sub.add_parser("eval", ...).
     return parser
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["eval"], ["bench"]):
+        # their own parsers take every option (argparse.REMAINDER drops a leading --help)
+        return {"eval": cmd_eval, "bench": cmd_bench}[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 
