@@ -91,3 +91,22 @@ def make_logits(rows, vocab, *, dtype=torch.float32, kind="normal", seed=0, devi
     if row_stride_pad:
         x = x[:, :vocab]
     return x.to(device)
+
+
+def make_tiny_llama(vocab: int, eos: int, *, head_scale: float, silence_eos: bool = False):
+    """A tiny randomly initialised Llama (2 layers, hidden 64; no download). The output head
+    is scaled by head_scale so next-token entropies spread widely (random init alone gives
+    near-uniform ones); silence_eos zeroes the EOS row so EOS appears only where a test
+    puts it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=1, eos_token_id=eos, pad_token_id=0)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+        if silence_eos:
+            model.lm_head.weight[eos].mul_(0.0)
+    return model

@@ -9,6 +9,8 @@ from eager_kernels.evaluation import (METHODS, EvalConfig, ResultStore, extract_
                                       is_correct, make_tasks, tree_tokens)
 from eager_kernels.evaluation.tasks import INSTRUCTION, KINDS
 
+from conftest import make_tiny_llama
+
 # ---------------------------------------------------------------------------------------
 # Task suite
 # ---------------------------------------------------------------------------------------
@@ -154,18 +156,8 @@ class DigitTokenizer:
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=1, eos_token_id=EOS, pad_token_id=0)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)  # varied entropies, so EAGer branches sometimes
-    return model
+    return make_tiny_llama(VOCAB, EOS, head_scale=8.0)  # varied entropies: EAGer branches sometimes
 
 
 def _run(tiny, out, **kw):

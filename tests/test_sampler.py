@@ -20,6 +20,8 @@ import eager_kernels as ek  # noqa: E402
 from eager_kernels import EagerConfig, allocate_budget, generate  # noqa: E402
 from eager_kernels.sampler import EagerMemoryError, entropy_scaled_allocation  # noqa: E402
 
+from conftest import make_tiny_llama  # noqa: E402
+
 VOCAB = 160
 EOS = 3
 PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 20, 21], [1, 30, 31, 32, 33, 34, 35, 36, 37]]
@@ -39,19 +41,8 @@ BACKENDS = _backends()
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=1, eos_token_id=EOS, pad_token_id=0)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        # Sharper, varied distributions (random init gives near-uniform ones): entropies
-        # spread from well below to well above the thresholds used here.
-        model.lm_head.weight.mul_(25.0)
-        model.lm_head.weight[EOS].mul_(0.0)  # EOS only where a test asks for it
-    return model
+    # sharper, varied distributions: entropies from well below to well above the thresholds
+    return make_tiny_llama(VOCAB, EOS, head_scale=25.0, silence_eos=True)
 
 
 @pytest.fixture(autouse=True)
