@@ -62,6 +62,11 @@ void avx512_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, u
                      uint32_t ctr3, float* out);
 
 // Portable kernels (csrc/kernels_scalar.cpp).
+ChunkFn avx2_chunk_fn(int elem_kind, int sums);
+bool avx2_cpu_supported();
+void avx2_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
+                   uint32_t ctr3, float* out);
+
 ChunkFn scalar_chunk_fn(int elem_kind, int sums);
 void scalar_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
                      uint32_t ctr3, float* out);

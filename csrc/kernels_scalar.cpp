@@ -1,12 +1,22 @@
 // Portable chunk kernels: the same algorithm as kernels_avx512.cpp in plain C++, for CPUs
 // without AVX-512 (and selectable with EAGER_KERNELS_CPU_ISA=scalar, which is how the
 // tests cover it). Accurate libm exp/log; same blocks, same filters, same results up to
-// float rounding of the sums.
+// float rounding of the sums. kernels_avx2.cpp compiles this file a second time with
+// EK_AVX2 defined: the two dense loops (load + max + NaN check, and the exp sums) then use
+// 8-wide AVX2/FMA intrinsics, the rest stays as written here; its names get the avx2_
+// prefix (EK_PORTABLE_NAME).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "eager_cpu.h"
+
+#ifdef EK_AVX2
+#include <immintrin.h>
+#endif
+#ifndef EK_PORTABLE_NAME
+#define EK_PORTABLE_NAME(name) scalar_##name
+#endif
 
 namespace eager_cpu {
 namespace {
@@ -56,6 +66,104 @@ inline int gumbel_bucket(uint32_t folded) {
   return d == 0 ? 0 : __builtin_clz(d);  // lzcnt 32 maps to entry 0, as in the AVX-512 path
 }
 
+#ifdef EK_AVX2
+template <int Kind>
+inline __m256 load8(const void* row, int64_t i) {
+  if (Kind == kF32) return _mm256_loadu_ps(static_cast<const float*>(row) + i);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i));
+  if (Kind == kBF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return _mm256_cvtph_ps(h);
+}
+
+inline float hmax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// exp(d) for d in [-87, 0]: 2^n 2^f as in kernels_avx512.cpp (n = round(d log2 e), f from
+// two FMAs with log2 e split in two, 2^f by the same degree-6 polynomial), the scale 2^n
+// built in the exponent bits (n >= -126 here).
+inline __m256 exp8_nonpos(__m256 d) {
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(d, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 f = _mm256_fmsub_ps(d, _mm256_set1_ps(1.44269502f), n);
+  f = _mm256_fmadd_ps(d, _mm256_set1_ps(1.92596299e-8f), f);
+  __m256 p = _mm256_set1_ps(1.535336188e-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+#endif
+
+// Load a block into xb (float32), returning its max; *bad is set on NaN / +inf.
+template <int Kind>
+inline float load_block(const void* row, int64_t b0, int n, float* xb, bool* bad) {
+  const float inf = INFINITY;
+  float bmax = -inf;
+  int i = 0;
+#ifdef EK_AVX2
+  __m256 vmax = _mm256_set1_ps(-inf);
+  int any_bad = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = load8<Kind>(row, b0 + i);
+    _mm256_storeu_ps(xb + i, x);
+    any_bad |= _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(inf), _CMP_NLT_UQ));
+    vmax = _mm256_max_ps(vmax, x);
+  }
+  bmax = hmax8(vmax);
+  *bad |= any_bad != 0;
+#endif
+  for (; i < n; ++i) {
+    const float x = load<Kind>(row, b0 + i);
+    xb[i] = x;
+    *bad |= !(x < inf);
+    bmax = x > bmax ? x : bmax;
+  }
+  return bmax;
+}
+
+// s += sum exp(x - m), t += sum exp(x - m)(x - m) over the block (t only when SUMS == 2).
+template <int SUMS>
+inline void exp_sums(const float* xb, int n, float m, float* s_out, float* t_out) {
+  float s = 0.0f, t = 0.0f;
+  int i = 0;
+#ifdef EK_AVX2
+  __m256 vs = _mm256_setzero_ps(), vt = _mm256_setzero_ps();
+  const __m256 vm = _mm256_set1_ps(m), lo = _mm256_set1_ps(-87.0f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 d = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(xb + i), vm), lo);
+    const __m256 e = exp8_nonpos(d);
+    vs = _mm256_add_ps(vs, e);
+    if (SUMS == 2) vt = _mm256_fmadd_ps(e, d, vt);
+  }
+  s = hsum8(vs);
+  t = hsum8(vt);
+#endif
+  for (; i < n; ++i) {
+    float d = xb[i] - m;
+    d = d < -87.0f ? -87.0f : d;
+    const float e = std::exp(d);
+    s += e;
+    if (SUMS == 2) t += e * d;
+  }
+  *s_out = s;
+  *t_out = t;
+}
+
 template <int Kind, int SUMS>
 void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   const float inf = INFINITY;
@@ -71,13 +179,7 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
 
   for (int64_t b0 = P.begin; b0 < P.end; b0 += kBlock) {
     const int n = static_cast<int>(P.end - b0 < kBlock ? P.end - b0 : kBlock);
-    float bmax = -inf;
-    for (int i = 0; i < n; ++i) {
-      const float x = load<Kind>(P.row, b0 + i);
-      xb[i] = x;
-      bad |= !(x < inf);
-      bmax = x > bmax ? x : bmax;
-    }
+    const float bmax = load_block<Kind>(P.row, b0, n, xb, &bad);
     if (bad) break;
     if (bmax == -inf) continue;
     if (bmax > m) {
@@ -90,14 +192,8 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       m = bmax;
     }
     if (SUMS) {
-      float s = 0.0f, t = 0.0f;
-      for (int i = 0; i < n; ++i) {
-        float d = xb[i] - m;
-        d = d < -87.0f ? -87.0f : d;
-        const float e = std::exp(d);
-        s += e;
-        if (SUMS == 2) t += e * d;
-      }
+      float s, t;
+      exp_sums<SUMS>(xb, n, m, &s, &t);
       sum_s += s;
       sum_t += t;
     }
@@ -142,7 +238,7 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
 
 }  // namespace
 
-ChunkFn scalar_chunk_fn(int elem_kind, int sums) {
+ChunkFn EK_PORTABLE_NAME(chunk_fn)(int elem_kind, int sums) {
 #define EK_PICK(K) \
   (sums == 2 ? &chunk_kernel<K, 2> : sums == 1 ? &chunk_kernel<K, 1> : &chunk_kernel<K, 0>)
   switch (elem_kind) {
@@ -154,7 +250,7 @@ ChunkFn scalar_chunk_fn(int elem_kind, int sums) {
 #undef EK_PICK
 }
 
-void scalar_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
+void EK_PORTABLE_NAME(uniforms)(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
                      uint32_t ctr3, float* out) {
   for (int64_t c = 0; c < cols; c += 4) {
     uint32_t w[4] = {static_cast<uint32_t>(c >> 2), row, ctr2, ctr3};

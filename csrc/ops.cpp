@@ -62,19 +62,27 @@ const GumbelTable& gumbel_table() {
 // Instruction set choice
 // ---------------------------------------------------------------------------------------
 
-enum class Isa { kScalar, kAvx512 };
+enum class Isa { kScalar, kAvx2, kAvx512 };
 
 Isa default_isa() {
   const char* env = std::getenv("EAGER_KERNELS_CPU_ISA");
   if (env != nullptr && std::string(env) == "scalar") return Isa::kScalar;
-  return avx512_cpu_supported() ? Isa::kAvx512 : Isa::kScalar;
+  if (env != nullptr && std::string(env) == "avx2" && avx2_cpu_supported()) return Isa::kAvx2;
+  if (avx512_cpu_supported()) return Isa::kAvx512;
+  return avx2_cpu_supported() ? Isa::kAvx2 : Isa::kScalar;
 }
 Isa& current_isa() {
   static Isa isa = default_isa();
   return isa;
 }
 
-std::string isa_name() { return current_isa() == Isa::kAvx512 ? "avx512" : "scalar"; }
+std::string isa_name() {
+  switch (current_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "scalar";
+  }
+}
 
 void set_isa(const std::string& name) {
   if (name == "scalar") {
@@ -82,16 +90,22 @@ void set_isa(const std::string& name) {
   } else if (name == "avx512") {
     TORCH_CHECK_VALUE(avx512_cpu_supported(), "set_isa: this CPU has no AVX-512 F/BW/DQ/VL/CD");
     current_isa() = Isa::kAvx512;
+  } else if (name == "avx2") {
+    TORCH_CHECK_VALUE(avx2_cpu_supported(), "set_isa: this CPU has no AVX2/FMA/F16C");
+    current_isa() = Isa::kAvx2;
   } else if (name == "auto") {
     current_isa() = default_isa();
   } else {
-    TORCH_CHECK_VALUE(false, "set_isa: expected 'auto', 'avx512' or 'scalar', got ", name);
+    TORCH_CHECK_VALUE(false, "set_isa: expected 'auto', 'avx512', 'avx2' or 'scalar', got ", name);
   }
 }
 
 ChunkFn chunk_fn(int kind, int sums) {
   if (current_isa() == Isa::kAvx512) {
     if (ChunkFn fn = avx512_chunk_fn(kind, sums)) return fn;
+  }
+  if (current_isa() == Isa::kAvx2) {
+    if (ChunkFn fn = avx2_chunk_fn(kind, sums)) return fn;
   }
   return scalar_chunk_fn(kind, sums);
 }
@@ -652,6 +666,9 @@ at::Tensor py_uniforms(int64_t rows, int64_t cols, int64_t seed, int64_t offset)
     if (current_isa() == Isa::kAvx512) {
       avx512_uniforms(static_cast<uint32_t>(r), cols, static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32),
                       static_cast<uint32_t>(o), static_cast<uint32_t>(o >> 32), p);
+    } else if (current_isa() == Isa::kAvx2) {
+      avx2_uniforms(static_cast<uint32_t>(r), cols, static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32),
+                    static_cast<uint32_t>(o), static_cast<uint32_t>(o >> 32), p);
     } else {
       scalar_uniforms(static_cast<uint32_t>(r), cols, static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32),
                       static_cast<uint32_t>(o), static_cast<uint32_t>(o >> 32), p);
@@ -696,7 +713,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("philox_uniform", &py_uniforms, py::arg("rows"), py::arg("cols"), py::arg("seed"), py::arg("offset"),
         "The uniform stream as the kernels compute it (tests compare it with reference.philox_uniform).");
   m.def("gumbel_bounds", &py_gumbel_bounds, "Upper bounds of the Gumbel noise per lzcnt bucket.");
-  m.def("isa", &isa_name, "The chunk kernels in use: 'avx512' or 'scalar'.");
-  m.def("set_isa", &set_isa, py::arg("name"), "Choose 'auto', 'avx512' or 'scalar' kernels (for tests).");
+  m.def("isa", &isa_name, "The chunk kernels in use: 'avx512', 'avx2' or 'scalar'.");
+  m.def("set_isa", &set_isa, py::arg("name"), "Choose 'auto', 'avx512', 'avx2' or 'scalar' kernels (for tests).");
   m.def("avx512_supported", &avx512_cpu_supported);
+  m.def("avx2_supported", &avx2_cpu_supported);
 }

@@ -1,7 +1,8 @@
 """The C++ CPU backend (eager_kernels._C) against the float64 reference.
 
-Every data test runs twice where the CPU allows: with the AVX-512 kernels and with the
-portable ones (`_C.set_isa`), so both code paths are held to the reference.
+Every data test runs with each kernel set the CPU allows (`_C.set_isa`): AVX-512, the
+portable kernels with AVX2 dense loops, and the plain portable kernels, so every code path
+is held to the reference.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ if not _registry.cpu_extension_available():  # genuinely not built (EAGER_KERNEL
 
 from eager_kernels import _C, cpu_backend  # noqa: E402
 
-ISAS = ["avx512", "scalar"] if _C.avx512_supported() else ["scalar"]
+ISAS = (["avx512"] if _C.avx512_supported() else []) + (["avx2"] if _C.avx2_supported() else []) + ["scalar"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 VOCABS = [1, 7, 1000, 32000, 49152]
 CASES = ["randn", "masked", "ties", "huge", "strided"]
