@@ -105,7 +105,7 @@ def check_logits_values(logits: torch.Tensor) -> None:
         return
     bad_value = (torch.isnan(logits) | (logits == float("inf"))).any()
     empty_row = (logits == float("-inf")).all(dim=-1).any()
-    raise_if_bad_status(bad_value, empty_row, logits.device)
+    raise_if_bad_status(bad_value, empty_row)
 
 
 def fail_if(bad: torch.Tensor, message: str) -> None:
@@ -118,7 +118,7 @@ def fail_if(bad: torch.Tensor, message: str) -> None:
         torch._assert_async(~bad, message)
 
 
-def raise_if_bad_status(bad_value: torch.Tensor, empty_row: torch.Tensor, device=None) -> None:
+def raise_if_bad_status(bad_value: torch.Tensor, empty_row: torch.Tensor) -> None:
     fail_if(bad_value, "logits: found NaN or +inf (only finite values and -inf are allowed)")
     fail_if(empty_row, "logits: a row has no finite entry (all -inf); its distribution is undefined")
 

@@ -387,6 +387,8 @@ def _run(logits, *, entropy_top_k=None, want_entropy=False, k=0, temperature=Non
     dev = logits.device
     cfg = launch_config
     sample = temperature is not None
+    # exp sums: for the entropy and the log-probabilities; a lone sample needs only the max
+    need_sums = want_entropy or k > 0 or history is not None
     topk_width = max(k, entropy_top_k or 0)
     topk = topk_width > 0
     kp = max(2, triton.next_power_of_2(topk_width)) if topk else 2
@@ -427,7 +429,7 @@ def _run(logits, *, entropy_top_k=None, want_entropy=False, k=0, temperature=Non
         seed if counters_are_ptrs else stats, 0 if counters_are_ptrs else int(seed),
         offset if counters_are_ptrs else stats, 0 if counters_are_ptrs else int(offset),
         stats, keys, best, best_col, *hist_args,
-        BLOCK=block, KP=kp, TOPK=topk, STATS=True, SAMPLE=sample, TEMP_IS_PTR=temp_is_ptr,
+        BLOCK=block, KP=kp, TOPK=topk, STATS=need_sums, SAMPLE=sample, TEMP_IS_PTR=temp_is_ptr,
         COUNTERS_ARE_PTRS=counters_are_ptrs, THRESHOLD=history is not None,
         num_warps=cfg["num_warps"],
     )
@@ -465,8 +467,8 @@ def sample(logits, temperature, seed, offset):
 
 # The history on its own needs no pass over logits: the reference's vectorised ops run on
 # any device without a host sync. Inside eager_step the finalize kernel does both.
-history_threshold = staticmethod(reference.history_threshold).__func__
-history_append_ = staticmethod(reference.history_append_).__func__
+history_threshold = reference.history_threshold
+history_append_ = reference.history_append_
 
 
 def eager_step(logits, hist_values, hist_count, hist_overflow, group, k, temperature,
