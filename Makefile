@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.eager-kernels-installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-decode clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m eager_kernels demo
 
+# The kernel grid (every op, every backend here; CSV + plots in benchmarks/results).
 bench: $(STAMP)
 	$(PY) -m eager_kernels bench
+
+# The end-to-end decode comparison on the default model.
+bench-decode: $(STAMP)
+	$(PY) -m eager_kernels bench --decode
 
 clean:
 	rm -rf $(VENV) build *.egg-info eager_kernels/_C*.so

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (device tool): the kernel tests on CUDA, then the step
-# benchmark grid; logs and CSVs go to $OUT (or benchmarks/results/gpu). Fits in ~8 minutes.
+# One call on a lent GPU machine (device tool): the kernel tests on CUDA, then the kernel
+# benchmark grid (eager-kernels bench) without and with torch.compile; CSVs, plots and logs
+# go to $OUT (or benchmarks/results/gpu). Finishes inside 8 minutes (each part has a timeout;
+# the CSVs are rewritten after every case, so a cut-off grid keeps what it measured).
 #   run(command="bash benchmarks/gpu_check.sh", timeout_s=540)
 # The machine's own python3 (torch + triton) is used; the C++ extension is not built there.
 set -uo pipefail
@@ -12,8 +14,12 @@ import torch, triton
 print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name(0))
 PY
 echo "== kernel tests on CUDA (triton-cuda and torch-cuda parametrisations) =="
-timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_entropy.py tests/test_topk_logprobs.py \
+timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_entropy.py tests/test_topk_logprobs.py \
     tests/test_sample.py tests/test_eager_step.py tests/test_history.py tests/test_errors.py \
     -k "cuda" 2>&1 | tee "$OUT/tests.log" | tail -15
-echo "== eager_step benchmark (bf16, B in 1 8 64, V in 32000 128256 152064) =="
-timeout 200 python3 benchmarks/bench_eager_step.py --out "$OUT/eager_step_cuda.csv" 2>&1 | tee "$OUT/bench.log"
+echo "== kernel grid: torch, reference, triton (bf16 and fp32; B 1 8 64 256; V 32000 128256 152064) =="
+timeout 120 python3 -m eager_kernels bench --device cuda --backends torch,reference,triton \
+    --out-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
+echo "== eager_step against torch.compile of the plain step (bf16) =="
+timeout 100 python3 -m eager_kernels bench --device cuda --backends torch,compile,triton --dtypes bfloat16 \
+    --ops eager_step,eager_step_greedy --tag compile --out-dir "$OUT" 2>&1 | tee "$OUT/bench_compile.log"

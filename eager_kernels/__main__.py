@@ -2,15 +2,15 @@
 
     generate "prompt" [--model DIR] [--policy seed|paper] [--max-new-tokens N] [--backend B]
     demo      the kernel checks, then generate "What is 17 + 25?" on the default model
-    bench     the decode benchmark (benchmarks/bench_decode.py of a source checkout)
+    bench     the kernel benchmark grid (every op, every backend here); --decode: the
+              end-to-end decode comparison on the default model
+    eval      greedy / parallel / EAGer variants on the built-in task suite
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import runpy
 import sys
 import time
 from pathlib import Path as FsPath
@@ -120,14 +120,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    script = FsPath(__file__).resolve().parent.parent / "benchmarks" / "bench_decode.py"
-    if not script.exists():
-        print("bench: benchmarks/bench_decode.py is part of the source checkout; run it from there",
-              file=sys.stderr)
-        return 2
-    sys.argv = [str(script)] + list(args.rest)
-    runpy.run_path(str(script), run_name="__main__")
-    return 0
+    from .bench import main as bench_main
+
+    return bench_main(list(args.rest)) or 0
 
 
 def cmd_eval(args) -> int:
@@ -167,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads for the generate part")
     d.set_defaults(func=cmd_demo)
 
-    b = sub.add_parser("bench", help="run benchmarks/bench_decode.py (source checkout)")
+    b = sub.add_parser("bench", add_help=False,
+                       help="kernel benchmark grid; --decode: decode comparison (eager-kernels bench --help)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
 
@@ -176,7 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
                             "(eager-kernels eval --help)")
     e.add_argument("rest", nargs=argparse.REMAINDER)
     e.set_defaults(func=cmd_eval)
-    # `eval` is planned (another issue): add it with sub.add_parser("eval", ...).
     return parser
 
 

@@ -66,32 +66,65 @@ def realistic_logits(rows, vocab, dtype, device, seed=0):
     return x.to(dtype=dtype, device=device)
 
 
+DISTRIBUTIONS = ("randn3", "peaked", "llm")
+
+
+def bench_logits(rows, vocab, dtype, device, dist="randn3", seed=0):
+    """Benchmark logits. randn3: 3 * randn, flat (about 8 nats of entropy), the hard case
+    for the sampling kernels' Gumbel shortcut; peaked: randn3 with +14 on five tokens per
+    row; llm: realistic_logits."""
+    if dist == "llm":
+        return realistic_logits(rows, vocab, dtype, device, seed=seed)
+    if dist not in DISTRIBUTIONS:
+        raise ValueError(f"dist: expected one of {DISTRIBUTIONS}, got {dist!r}")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, vocab, generator=g) * 3
+    if dist == "peaked":
+        idx = torch.randint(0, vocab, (rows, 5), generator=g)
+        x.scatter_add_(1, idx, torch.full((rows, 5), 14.0))
+    return x.to(dtype=dtype, device=device)
+
+
 def synchronize(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
-def time_fn(fn, *, device="cpu", min_runs=20, min_seconds=0.3, warmup=3) -> float:
-    """Median wall time of fn() in seconds over at least min_runs runs and min_seconds."""
+def time_stats(fn, *, device="cpu", min_runs=20, min_seconds=0.3, max_seconds=None, warmup=3):
+    """Times fn(): (median s, minimum s, runs). Runs at least min_runs times and min_seconds;
+    with max_seconds, stops once that much time is spent (after at least 3 runs), for slow
+    calls. On CUDA each run is timed with events around it (device time)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
     times = []
     start = time.perf_counter()
-    if torch.device(device).type == "cuda":
-        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+    cuda = torch.device(device).type == "cuda"
+
+    def more() -> bool:
+        spent = time.perf_counter() - start
+        if max_seconds is not None and spent >= max_seconds and len(times) >= 3:
+            return False
+        return len(times) < min_runs or spent < min_seconds
+
+    while more():
+        if cuda:
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
             fn()
             b.record()
             b.synchronize()
             times.append(a.elapsed_time(b) / 1e3)
-    else:
-        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+        else:
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), min(times), len(times)
+
+
+def time_fn(fn, *, device="cpu", min_runs=20, min_seconds=0.3, warmup=3) -> float:
+    """Median wall time of fn() in seconds over at least min_runs runs and min_seconds."""
+    return time_stats(fn, device=device, min_runs=min_runs, min_seconds=min_seconds, warmup=warmup)[0]
 
 
 def read_floor_seconds(logits) -> float:

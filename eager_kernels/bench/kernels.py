@@ -1,0 +1,439 @@
+"""Kernel benchmark grid: every op and eager_step on every backend available here.
+
+    eager-kernels bench [--quick] [--device cpu|cuda] [--backends torch,compile,reference,cpu,triton]
+                        [--rows 1 8 32] [--vocab 32000 152064] [--dtypes float32 bfloat16]
+                        [--dist randn3|peaked|llm] [--threads N] [--out-dir DIR] [--tag NAME] [--no-plots]
+
+Backends ("impl" in the CSV):
+  torch      the plain torch ops a user writes, each in its fastest form
+             (eager_kernels.benchmarking.plain_*): the reference every ratio is taken against
+  compile    the same functions under torch.compile(dynamic=True)
+  reference  eager_kernels with backend="torch" (eager_kernels.reference: written for clarity
+             and bit-exact randomness, not speed)
+  cpu        the C++ kernels (CPU device, extension built)
+  triton     the Triton kernels (CUDA device)
+
+Ops: entropy (full), entropy_top20, topk_logprobs (k=4), sample (T=0.6), threshold (q=99
+over a history of about 256 values per prompt), eager_step (T=0.6: top-20 entropy,
+threshold, branch, sample, top-4 log-probs, history append) and eager_step_greedy (T=0).
+The plain torch step is spared the history append (its history is a fixed [G, 256] tensor).
+
+Each timing is the median of at least 20 runs and 0.3 s (CPU; 0.1 s on CUDA, timed with
+events), at most about 1.5 s for slow calls (then at least 3 runs), after warm-up, of the
+public call (argument checks included). The read floor is one logits.amax(-1) pass on CPU
+and the measured copy bandwidth on CUDA; GB/s counts the logits read once.
+
+Writes DIR/kernels_<device>[_TAG].csv (one row per case and backend, with device, versions
+and date), DIR/kernels_<device>[_TAG]_<dtype>.png (time against V per backend, one panel per
+op and batch size) and DIR/kernels_<device>[_TAG]_step_gbps.png (eager_step GB/s against V),
+and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+BACKENDS = ("torch", "compile", "reference", "cpu", "triton")
+OPS = ("entropy", "entropy_top20", "topk_logprobs", "sample", "threshold", "eager_step", "eager_step_greedy")
+K, TOP_K, TEMPERATURE, Q, THETA, INITIAL = 4, 20, 0.6, 99.0, 2.0, 5.0
+HISTORY_LEN, REFILL = 256, 64
+
+GRIDS = {
+    "cpu": dict(rows=[1, 8, 32], vocab=[32000, 49152, 128256, 152064], dtypes=["float32", "bfloat16"]),
+    "cuda": dict(rows=[1, 8, 64, 256], vocab=[32000, 128256, 152064], dtypes=["bfloat16", "float32"]),
+    "quick": dict(rows=[1, 8], vocab=[32000, 152064], dtypes=["float32"]),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def available_backends(device: str) -> list[str]:
+    """The backends that run on `device` in this environment."""
+    import eager_kernels as ek
+
+    names = ["torch", "compile", "reference"]
+    if device == "cpu" and ek.cpu_extension_available():
+        names.append("cpu")
+    if device == "cuda":
+        names.append("triton")
+    return names
+
+
+def runnable_backends(device: str) -> list[str]:
+    """available_backends, plus Triton on CPU under TRITON_INTERPRET=1 (for testing this
+    script only: interpreter times mean nothing)."""
+    names = available_backends(device)
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        names.append("triton")
+    return names
+
+
+class _Case:
+    """The inputs of one (B, V, dtype) case and a callable per (op, backend)."""
+
+    def __init__(self, rows, vocab, dtype, device, dist, compiled):
+        from .. import benchmarking as bm
+
+        self.device = device
+        self.x = bm.bench_logits(rows, vocab, dtype, device, dist, seed=rows * 1_000_003 + vocab)
+        self.groups = max(1, min(8, rows))
+        self.group = torch.arange(rows, device=device) % self.groups
+        gen = torch.Generator().manual_seed(vocab)
+        self.hist_plain = (torch.rand(self.groups, HISTORY_LEN, generator=gen) * 5).to(device)
+        self.compiled = compiled
+        self._histories = {}
+        self._step = 0
+
+    def history(self, backend, op):
+        """A history per backend and op of HISTORY_LEN values per group, refilled every REFILL steps
+        (inside the timed call, without a host sync) so its size stays near HISTORY_LEN."""
+        import eager_kernels as ek
+
+        if (backend, op) not in self._histories:
+            rows = self.x.shape[0]
+            h = ek.EntropyHistory(self.groups, HISTORY_LEN + REFILL * rows, device=self.device, backend=backend)
+            fill = (self.hist_plain.flatten(), torch.arange(self.groups, device=self.device).repeat_interleave(HISTORY_LEN))
+            h.append(*fill)
+            self._histories[backend, op] = (h, fill)
+        return self._histories[backend, op]
+
+    def plain(self, op):
+        from .. import benchmarking as bm
+
+        x, hist, group = self.x, self.hist_plain, self.group
+        return {
+            "entropy": lambda: bm.plain_entropy(x),
+            "entropy_top20": lambda: bm.plain_entropy(x, TOP_K),
+            "topk_logprobs": lambda: bm.plain_topk_logprobs(x, K),
+            "sample": lambda: bm.plain_sample(x, TEMPERATURE),
+            "threshold": lambda: bm.plain_threshold(hist, group, Q, THETA),
+            "eager_step": lambda: bm.plain_torch_step(x, hist, group, k=K, temperature=TEMPERATURE,
+                                                      entropy_top_k=TOP_K, q=Q, theta=THETA),
+            "eager_step_greedy": lambda: bm.plain_torch_step(x, hist, group, k=K, temperature=0.0,
+                                                             entropy_top_k=TOP_K, q=Q, theta=THETA),
+        }[op]
+
+    def compiled_fn(self, op):
+        x, hist, group = self.x, self.hist_plain, self.group
+        fn = self.compiled[op]
+        if op in ("eager_step", "eager_step_greedy"):
+            return lambda: fn(x, hist, group)
+        if op == "threshold":
+            return lambda: fn(hist, group)
+        return lambda: fn(x)
+
+    def fused(self, op, backend):
+        import eager_kernels as ek
+
+        x, group = self.x, self.group
+        if op == "entropy":
+            return lambda: ek.entropy(x, backend=backend)
+        if op == "entropy_top20":
+            return lambda: ek.entropy(x, top_k=TOP_K, backend=backend)
+        if op == "topk_logprobs":
+            return lambda: ek.topk_logprobs(x, K, backend=backend)
+        if op == "sample":
+            return lambda: ek.sample(x, temperature=TEMPERATURE, seed=1, offset=0, backend=backend)
+        hist, fill = self.history(backend, op)
+        if op == "threshold":
+            return lambda: hist.threshold(group, q=Q, theta=THETA, initial=INITIAL)
+        temperature = TEMPERATURE if op == "eager_step" else 0.0
+
+        appended = [0]  # steps since this history was last refilled
+
+        def step():
+            self._step += 1
+            appended[0] += 1
+            if appended[0] == REFILL:
+                hist.reset()
+                hist.append(*fill)
+                appended[0] = 1
+            return ek.eager_step(x, hist, group, k=K, temperature=temperature, entropy_top_k=TOP_K, q=Q,
+                                 theta=THETA, initial_threshold=INITIAL, seed=1, offset=self._step, backend=backend)
+        return step
+
+    def fn(self, op, impl):
+        if impl == "torch":
+            return self.plain(op)
+        if impl == "compile":
+            return self.compiled_fn(op)
+        return self.fused(op, "torch" if impl == "reference" else impl)
+
+
+def _compile_all():
+    from .. import benchmarking as bm
+
+    def step(temperature):
+        return lambda x, h, g: bm.plain_torch_step(x, h, g, k=K, temperature=temperature, entropy_top_k=TOP_K,
+                                                   q=Q, theta=THETA)
+    fns = {
+        "entropy": bm.plain_entropy,
+        "entropy_top20": lambda x: bm.plain_entropy(x, TOP_K),
+        "topk_logprobs": lambda x: bm.plain_topk_logprobs(x, K),
+        "sample": lambda x: bm.plain_sample(x, TEMPERATURE),
+        "threshold": lambda h, g: bm.plain_threshold(h, g, Q, THETA),
+        "eager_step": step(TEMPERATURE),
+        "eager_step_greedy": step(0.0),
+    }
+    return {name: torch.compile(fn, dynamic=True) for name, fn in fns.items()}
+
+
+def _floor_seconds(x, device, copy_bw):
+    from .. import benchmarking as bm
+
+    if device == "cpu":
+        return bm.time_stats(lambda: x.amax(-1), device=device)[0]
+    return x.numel() * x.element_size() / copy_bw
+
+
+def run_grid(*, device, backends, rows, vocab, dtypes, dist="randn3", ops=OPS, min_runs=20, min_seconds=None,
+             max_seconds=1.5, log=print, csv_path=None):
+    """Times every (dtype, B, V, op, backend); returns the CSV rows (dicts). With csv_path,
+    the CSV is rewritten after every case, so an interrupted run keeps what it measured."""
+    from .. import benchmarking as bm
+
+    if min_seconds is None:
+        min_seconds = 0.3 if device == "cpu" else 0.1
+    env = bm.environment()
+    meta = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                device=env["device"], device_type=device, threads=env["threads"], torch=env["torch"],
+                triton=env["triton"], python=env["python"], cpu_isa=_cpu_isa() if device == "cpu" else "",
+                dist=dist, load=f"{os.getloadavg()[0]:.2f}")
+    copy_bw = bm.copy_bandwidth(device) if device == "cuda" else None
+    compiled = _compile_all() if "compile" in backends else {}
+    out = []
+    fused = [b for b in backends if b not in ("torch", "compile", "reference")]
+    log(_header(backends, fused))
+    for dtype_name in dtypes:
+        dtype = DTYPES[dtype_name]
+        for b in rows:
+            for v in vocab:
+                case = _Case(b, v, dtype, device, dist, compiled)
+                nbytes = case.x.numel() * case.x.element_size()
+                floor = _floor_seconds(case.x, device, copy_bw)
+                times = {}
+                for op in ops:
+                    reads_logits = op != "threshold"
+                    for impl in backends:
+                        try:
+                            med, best, runs = bm.time_stats(case.fn(op, impl), device=device, min_runs=min_runs,
+                                                            min_seconds=min_seconds, max_seconds=max_seconds)
+                            error = ""
+                        except Exception as exc:  # a failing baseline (say, no compiler for inductor) is a row
+                            med = best = float("nan")
+                            runs, error = 0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                        times[impl] = med
+                        out.append(dict(meta, dtype=dtype_name, B=b, V=v, op=op, impl=impl,
+                                        median_us=round(med * 1e6, 3), min_us=round(best * 1e6, 3), runs=runs,
+                                        x_torch=None, gbps=round(nbytes / med / 1e9, 3) if reads_logits else "",
+                                        floor_us=round(floor * 1e6, 3) if reads_logits else "",
+                                        floor_gbps=round(nbytes / floor / 1e9, 3) if reads_logits else "",
+                                        pct_floor=round(100 * floor / med, 1) if reads_logits else "",
+                                        error=error))
+                    for row in out[-len(backends):]:
+                        row["x_torch"] = round(times["torch"] / times[row["impl"]], 3) if "torch" in times else ""
+                    log(_line(dtype_name, b, v, op, backends, fused, times, floor if reads_logits else None, nbytes))
+                if csv_path:
+                    write_csv(out, csv_path)
+    return out
+
+
+def _cpu_isa():
+    import eager_kernels as ek
+
+    if not ek.cpu_extension_available():
+        return "none"
+    from eager_kernels import _C
+
+    return _C.isa()
+
+
+def _header(backends, fused):
+    cols = "".join(f"{b + ' us':>13}" for b in backends)
+    extra = "".join(f"{'x torch':>9}{'x comp':>8}{'GB/s':>8}{'%floor':>7}" for _ in fused[:1])
+    return f"{'dtype':>8} {'B':>4} {'V':>7} {'op':<18}{cols}{extra}"
+
+
+def _line(dtype, b, v, op, backends, fused, times, floor, nbytes):
+    cols = "".join(f"{times[i] * 1e6:>13.1f}" for i in backends)
+    extra = ""
+    if fused:
+        t = times[fused[0]]
+        comp = f"{times['compile'] / t:>7.1f}x" if "compile" in times else f"{'-':>8}"
+        gbps = f"{nbytes / t / 1e9:>8.1f}{100 * floor / t:>6.0f}%" if floor else f"{'-':>8}{'-':>7}"
+        extra = f"{times['torch'] / t:>8.1f}x{comp}{gbps}"
+    return f"{dtype:>8} {b:>4} {v:>7} {op:<18}{cols}{extra}"
+
+
+def write_csv(rows, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot(rows, prefix) -> list[str]:
+    """Time against V per backend (one figure per dtype: a panel per op and B) and the
+    eager_step GB/s against V; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    kilo = FuncFormatter(lambda v, _: f"{v / 1000:.0f}k")
+
+    def finish(fig, axes, title, path):
+        for ax in (a for row in axes for a in row):
+            ax.xaxis.set_major_formatter(kilo)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        h = fig.get_figheight()
+        fig.suptitle(title, y=1 - 0.05 / h, va="top", fontsize=10)
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.25 / h), ncol=len(labels),
+                   fontsize=9, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / h))
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+
+    written = []
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    colors = dict(zip(BACKENDS, ["tab:gray", "tab:purple", "tab:brown", "tab:blue", "tab:green"]))
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    bs = sorted({r["B"] for r in rows})
+    device = rows[0]["device"]
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        fig, axes = plt.subplots(len(ops), len(bs), figsize=(3.6 * len(bs), 2.6 * len(ops)), squeeze=False,
+                                 sharex=True)
+        for i, op in enumerate(ops):
+            for j, b in enumerate(bs):
+                ax = axes[i][j]
+                sel = [r for r in rows if r["dtype"] == dtype and r["op"] == op and r["B"] == b]
+                for impl in impls:
+                    pts = sorted((r["V"], r["median_us"]) for r in sel if r["impl"] == impl)
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o", ms=3, label=impl, color=colors.get(impl))
+                floor = sorted({(r["V"], r["floor_us"]) for r in sel if r["floor_us"] != ""})
+                if floor:
+                    ax.plot(*zip(*floor), ls="--", color="black", lw=1, label="read floor")
+                ax.set_yscale("log")
+                ax.set_title(f"{op}, B={b}", fontsize=9)
+                ax.grid(True, which="both", alpha=0.3)
+                if j == 0:
+                    ax.set_ylabel("median time (us)")
+                if i == len(ops) - 1:
+                    ax.set_xlabel("vocabulary V")
+        finish(fig, axes, f"{dtype} logits ({rows[0]['dist']}) on {device}, {rows[0]['threads']} threads, "
+                          f"{rows[0]['date']}", f"{prefix}_{dtype}.png")
+
+    steps = [r for r in rows if r["op"] in ("eager_step", "eager_step_greedy") and r["gbps"] != ""]
+    if steps:
+        dts = list(dict.fromkeys(r["dtype"] for r in steps))
+        fig, axes = plt.subplots(len(dts) * 2, len(bs), figsize=(3.6 * len(bs), 2.8 * 2 * len(dts)), squeeze=False,
+                                 sharex=True)
+        for i, (dtype, op) in enumerate((d, o) for d in dts for o in ("eager_step", "eager_step_greedy")):
+            for j, b in enumerate(bs):
+                ax = axes[i][j]
+                sel = [r for r in steps if r["dtype"] == dtype and r["op"] == op and r["B"] == b]
+                for impl in impls:
+                    pts = sorted((r["V"], r["gbps"]) for r in sel if r["impl"] == impl)
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o", ms=3, label=impl, color=colors.get(impl))
+                floor = sorted({(r["V"], r["floor_gbps"]) for r in sel})
+                if floor:
+                    ax.plot(*zip(*floor), ls="--", color="black", lw=1, label="read floor")
+                ax.set_yscale("log")
+                ax.set_title(f"{op} {dtype}, B={b}", fontsize=9)
+                ax.grid(True, which="both", alpha=0.3)
+                if j == 0:
+                    ax.set_ylabel("logits read GB/s")
+                if i == len(axes) - 1:
+                    ax.set_xlabel("vocabulary V")
+        finish(fig, axes, f"eager_step throughput (logits {rows[0]['dist']}) on {device}, {rows[0]['threads']} "
+                          f"threads, {rows[0]['date']}", f"{prefix}_step_gbps.png")
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="eager-kernels bench", description=__doc__.splitlines()[0],
+                                 epilog="eager-kernels bench --decode [--help]: the end-to-end decode benchmark")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    ap.add_argument("--backends", default=None,
+                    help=f"comma-separated subset of {','.join(BACKENDS)} (default: all available; torch is always "
+                         "kept, as the reference of the ratios)")
+    ap.add_argument("--ops", default=None, help=f"comma-separated subset of {','.join(OPS)}")
+    ap.add_argument("--quick", action="store_true", help=f"the grid {GRIDS['quick']}")
+    ap.add_argument("--rows", type=int, nargs="+", default=None, help="batch sizes B")
+    ap.add_argument("--vocab", type=int, nargs="+", default=None, help="vocabulary sizes V")
+    ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None)
+    ap.add_argument("--dist", choices=["randn3", "peaked", "llm"], default="randn3",
+                    help="logits: 3*randn (flat, the default), peaked, or llm (benchmarking.realistic_logits)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--min-runs", type=int, default=20)
+    ap.add_argument("--min-seconds", type=float, default=None)
+    ap.add_argument("--out-dir", default=os.path.join("benchmarks", "results"))
+    ap.add_argument("--tag", default="", help="appended to the output file names")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    avail = available_backends(device)
+    if args.backends:
+        avail = runnable_backends(device)
+        wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
+        bad = [b for b in wanted if b not in BACKENDS]
+        if bad:
+            ap.error(f"--backends: unknown {bad}; expected names from {list(BACKENDS)}")
+        missing = [b for b in wanted if b not in avail]
+        if missing:
+            ap.error(f"--backends: {missing} not available on {device} here (available: {avail})")
+        backends = ["torch"] + [b for b in wanted if b != "torch"]
+    else:
+        backends = avail
+    ops = OPS
+    if args.ops:
+        ops = tuple(o.strip() for o in args.ops.split(","))
+        bad = [o for o in ops if o not in OPS]
+        if bad:
+            ap.error(f"--ops: unknown {bad}; expected names from {list(OPS)}")
+    grid = dict(GRIDS["quick" if args.quick else device])
+    for key in ("rows", "vocab", "dtypes"):
+        if getattr(args, key):
+            grid[key] = getattr(args, key)
+
+    from .. import benchmarking as bm
+
+    env = bm.environment()
+    print(f"# eager-kernels bench: {env['device']} ({device}, {env['threads']} threads), torch {env['torch']}, "
+          f"triton {env['triton']}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, "
+          f"logits {args.dist}, backends {backends}")
+    if device == "cpu" and os.getloadavg()[0] > 1.0:
+        print(f"# WARNING: load average {os.getloadavg()[0]:.2f}: other processes share the cores; the times "
+              "are noisy. Rerun on a quiet machine or with --threads 1.")
+    print("# times are medians in microseconds; 'x torch' and 'x comp' are the plain torch and torch.compile "
+          "times over the fused backend's; GB/s: logits bytes / fused time; %floor: read floor time / fused time")
+    prefix = os.path.join(args.out_dir, f"kernels_{device}" + (f"_{args.tag}" if args.tag else ""))
+    rows = run_grid(device=device, backends=backends, ops=ops, dist=args.dist, min_runs=args.min_runs,
+                    min_seconds=args.min_seconds, csv_path=prefix + ".csv", **grid)
+    print(f"# wrote {prefix}.csv ({len(rows)} rows)")
+    if not args.no_plots:
+        for path in plot(rows, prefix):
+            print(f"# wrote {path}")
+    failed = [r for r in rows if r["error"]]
+    for r in failed:
+        print(f"# FAILED {r['impl']} {r['op']} B={r['B']} V={r['V']} {r['dtype']}: {r['error']}", file=sys.stderr)
+    return 1 if any(r["impl"] != "compile" for r in failed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
