@@ -1,5 +1,7 @@
-"""pytest-benchmark suite: every op on every backend available here, next to the torch
-reference and the plain torch step, on one realistic shape per device.
+"""pytest-benchmark suite: every op on every backend available here, next to the plain
+torch ops a user writes ("plain": eager_kernels.benchmarking.plain_*, the reference of the
+ratios), on two realistic shapes per device. The full grid with CSV and plots is
+`eager-kernels bench`.
 
     pytest benchmarks/ --benchmark-only [--benchmark-columns=median,ops]
 
@@ -38,24 +40,33 @@ def _bench(benchmark, fn):
         benchmark(fn)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["plain"] + BACKENDS)
 @pytest.mark.parametrize("top_k", [None, 20])
 def test_entropy(benchmark, logits, backend, top_k):
     benchmark.group = f"entropy top_k={top_k} {tuple(logits.shape)}"
-    _bench(benchmark, lambda: ek.entropy(logits, top_k=top_k, backend=backend))
+    if backend == "plain":
+        _bench(benchmark, lambda: bm.plain_entropy(logits, top_k))
+    else:
+        _bench(benchmark, lambda: ek.entropy(logits, top_k=top_k, backend=backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["plain"] + BACKENDS)
 def test_topk_logprobs(benchmark, logits, backend):
     benchmark.group = f"topk_logprobs k=4 {tuple(logits.shape)}"
-    _bench(benchmark, lambda: ek.topk_logprobs(logits, 4, backend=backend))
+    if backend == "plain":
+        _bench(benchmark, lambda: bm.plain_topk_logprobs(logits, 4))
+    else:
+        _bench(benchmark, lambda: ek.topk_logprobs(logits, 4, backend=backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["plain"] + BACKENDS)
 @pytest.mark.parametrize("temperature", [0.0, 0.6])
 def test_sample(benchmark, logits, backend, temperature):
     benchmark.group = f"sample T={temperature} {tuple(logits.shape)}"
-    _bench(benchmark, lambda: ek.sample(logits, temperature=temperature, seed=1, backend=backend))
+    if backend == "plain":
+        _bench(benchmark, lambda: bm.plain_sample(logits, temperature))
+    else:
+        _bench(benchmark, lambda: ek.sample(logits, temperature=temperature, seed=1, backend=backend))
 
 
 @pytest.mark.parametrize("impl", BACKENDS + ["plain_torch_step"])
