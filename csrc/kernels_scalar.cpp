@@ -2,9 +2,10 @@
 // without AVX-512 (and selectable with EAGER_KERNELS_CPU_ISA=scalar, which is how the
 // tests cover it). Accurate libm exp/log; same blocks, same filters, same results up to
 // float rounding of the sums. kernels_avx2.cpp compiles this file a second time with
-// EK_AVX2 defined: the two dense loops (load + max + NaN check, and the exp sums) then use
-// 8-wide AVX2/FMA intrinsics, the rest stays as written here; its names get the avx2_
-// prefix (EK_PORTABLE_NAME).
+// EK_AVX2 defined: the two dense loops (load + max + NaN check, and the exp sums) and Philox
+// (8 counters at a time, for the queued candidate quads) then use 8-wide AVX2/FMA
+// intrinsics, the rest stays as written here; its names get the avx2_ prefix
+// (EK_PORTABLE_NAME).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -107,7 +108,58 @@ inline __m256 exp8_nonpos(__m256 d) {
   const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
 }
+
+// High and low 32-bit halves of the 8 products a * m (m broadcast): mul_epu32 multiplies
+// the even lanes; the odd lanes are shifted down first.
+inline void mul_hi_lo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+// philox4x32_10 (eager_cpu.h) on 8 counters at once: word 0 of counter i is c0[i], words
+// 1..3 are shared. out[l][i] is word l of counter i.
+inline void philox8(__m256i c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1, __m256i out[4]) {
+  __m256i a0 = c0, a1 = _mm256_set1_epi32(static_cast<int>(c1));
+  __m256i a2 = _mm256_set1_epi32(static_cast<int>(c2)), a3 = _mm256_set1_epi32(static_cast<int>(c3));
+  const __m256i ma = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA));
+  const __m256i mb = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB));
+  for (int r = 0; r < 10; ++r) {
+    __m256i hb, lb, ha, la;
+    mul_hi_lo8(a2, mb, hb, lb);
+    mul_hi_lo8(a0, ma, ha, la);
+    a0 = _mm256_xor_si256(_mm256_xor_si256(hb, a1), _mm256_set1_epi32(static_cast<int>(k0)));
+    a2 = _mm256_xor_si256(_mm256_xor_si256(ha, a3), _mm256_set1_epi32(static_cast<int>(k1)));
+    a1 = lb;
+    a3 = la;
+    k0 += kPhiloxKeyA;
+    k1 += kPhiloxKeyB;
+  }
+  out[0] = a0;
+  out[1] = a1;
+  out[2] = a2;
+  out[3] = a3;
+}
 #endif
+
+// The Gumbel score of the 4 columns of quad q (block offset; Philox words w[l]): updates
+// (best, best_id) where a column beats the best, in column order (ties keep the smaller).
+inline void score_quad(const ChunkParams& P, const float* xb, int n, int64_t b0, int q, const uint32_t w[4],
+                       float& best, int64_t& best_id) {
+  for (int l = 0; l < 4 && q + l < n; ++l) {
+    const float x = xb[q + l];
+    const uint32_t folded = (w[l] & 0x80000000u) ? ~w[l] : w[l];
+    if (!(x + P.temperature * P.gumbel_bound[gumbel_bucket(folded)] > best)) continue;
+    const float u = uint_to_uniform(w[l]);
+    const float log_e = std::log(-std::log(u));
+    const float score = x - P.temperature * log_e;
+    if (score > best) {
+      best = score;
+      best_id = b0 + q + l;
+    }
+  }
+}
 
 // Load a block into xb (float32), returning its max; *bad is set on NaN / +inf.
 template <int Kind>
@@ -206,25 +258,51 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       }
     }
     if (P.sample && bmax + P.noise_bound > best) {
+#ifdef EK_AVX2
+      // Queue the quads holding a column with x + G > best (best as of the block's start:
+      // a superset of the one-by-one test, which the per-column test below then narrows),
+      // then run Philox on 8 queued quads at a time.
+      int32_t qs[kBlock / 4 + 8];
+      int nq = 0;
+      const __m256 vb = _mm256_set1_ps(best), vg = _mm256_set1_ps(P.noise_bound);
+      int q = 0;
+      for (; q + 8 <= n; q += 8) {
+        const int m8 = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_add_ps(_mm256_loadu_ps(xb + q), vg), vb, _CMP_GT_OQ));
+        qs[nq] = q;
+        nq += (m8 & 0x0F) != 0;
+        qs[nq] = q + 4;
+        nq += (m8 & 0xF0) != 0;
+      }
+      for (; q < n; q += 4) {
+        bool any = false;
+        for (int l = 0; l < 4 && q + l < n; ++l) any |= xb[q + l] + P.noise_bound > best;
+        qs[nq] = q;
+        nq += any;
+      }
+      alignas(32) uint32_t words[4][8];
+      for (int j = 0; j < nq; j += 8) {
+        const int cnt = nq - j < 8 ? nq - j : 8;
+        alignas(32) int32_t ctr[8];
+        for (int i = 0; i < 8; ++i) ctr[i] = static_cast<int32_t>((b0 + qs[j + (i < cnt ? i : 0)]) >> 2);
+        __m256i w8[4];
+        philox8(_mm256_load_si256(reinterpret_cast<const __m256i*>(ctr)), P.row_index, P.ctr2, P.ctr3, P.key0,
+                P.key1, w8);
+        for (int l = 0; l < 4; ++l) _mm256_store_si256(reinterpret_cast<__m256i*>(words[l]), w8[l]);
+        for (int i = 0; i < cnt; ++i) {
+          const uint32_t w[4] = {words[0][i], words[1][i], words[2][i], words[3][i]};
+          score_quad(P, xb, n, b0, qs[j + i], w, best, best_id);
+        }
+      }
+#else
       for (int q = 0; q < n; q += 4) {
         bool any = false;
         for (int l = 0; l < 4 && q + l < n; ++l) any |= xb[q + l] + P.noise_bound > best;
         if (!any) continue;
         uint32_t c[4] = {static_cast<uint32_t>((b0 + q) >> 2), P.row_index, P.ctr2, P.ctr3};
         philox4x32_10(c, P.key0, P.key1);
-        for (int l = 0; l < 4 && q + l < n; ++l) {
-          const float x = xb[q + l];
-          const uint32_t folded = (c[l] & 0x80000000u) ? ~c[l] : c[l];
-          if (!(x + P.temperature * P.gumbel_bound[gumbel_bucket(folded)] > best)) continue;
-          const float u = uint_to_uniform(c[l]);
-          const float log_e = std::log(-std::log(u));
-          const float score = x - P.temperature * log_e;
-          if (score > best) {
-            best = score;
-            best_id = b0 + q + l;
-          }
-        }
+        score_quad(P, xb, n, b0, q, c, best, best_id);
       }
+#endif
     }
   }
   R.bad = bad;
@@ -252,7 +330,20 @@ ChunkFn EK_PORTABLE_NAME(chunk_fn)(int elem_kind, int sums) {
 
 void EK_PORTABLE_NAME(uniforms)(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
                      uint32_t ctr3, float* out) {
-  for (int64_t c = 0; c < cols; c += 4) {
+  int64_t c = 0;
+#ifdef EK_AVX2
+  for (; c + 32 <= cols; c += 32) {  // 8 counters: 32 columns
+    __m256i w8[4];
+    const __m256i q = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(c >> 2)),
+                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    philox8(q, row, ctr2, ctr3, key0, key1, w8);
+    alignas(32) uint32_t words[4][8];
+    for (int l = 0; l < 4; ++l) _mm256_store_si256(reinterpret_cast<__m256i*>(words[l]), w8[l]);
+    for (int i = 0; i < 8; ++i)
+      for (int l = 0; l < 4; ++l) out[c + 4 * i + l] = uint_to_uniform(words[l][i]);
+  }
+#endif
+  for (; c < cols; c += 4) {
     uint32_t w[4] = {static_cast<uint32_t>(c >> 2), row, ctr2, ctr3};
     philox4x32_10(w, key0, key1);
     for (int l = 0; l < 4 && c + l < cols; ++l) out[c + l] = uint_to_uniform(w[l]);
