@@ -3,7 +3,7 @@
 // tests cover it). Accurate libm exp/log; same blocks, same filters, same results up to
 // float rounding of the sums. kernels_avx2.cpp compiles this file a second time with
 // EK_AVX2 defined: the two dense loops (load + max + NaN check, and the exp sums) and Philox
-// (8 counters at a time, for the queued candidate quads) then use 8-wide AVX2/FMA
+// (16 counters at a time, for the queued candidate quads) then use 8-wide AVX2/FMA
 // intrinsics, the rest stays as written here; its names get the avx2_ prefix
 // (EK_PORTABLE_NAME).
 #include <cmath>
@@ -118,28 +118,37 @@ inline void mul_hi_lo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-// philox4x32_10 (eager_cpu.h) on 8 counters at once: word 0 of counter i is c0[i], words
-// 1..3 are shared. out[l][i] is word l of counter i.
-inline void philox8(__m256i c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1, __m256i out[4]) {
-  __m256i a0 = c0, a1 = _mm256_set1_epi32(static_cast<int>(c1));
-  __m256i a2 = _mm256_set1_epi32(static_cast<int>(c2)), a3 = _mm256_set1_epi32(static_cast<int>(c3));
+// philox4x32_10 (eager_cpu.h) on 2 x 8 counters at once, the two round chains interleaved
+// (each round is a long dependency chain): word 0 of counter i is ca[i] (cb[i]), words
+// 1..3 are shared. oa[l][i] is word l of counter i of the first set.
+inline void philox8x2(__m256i ca, __m256i cb, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1,
+                      __m256i oa[4], __m256i ob[4]) {
+  __m256i a0 = ca, b0 = cb;
+  __m256i a1 = _mm256_set1_epi32(static_cast<int>(c1)), b1 = a1;
+  __m256i a2 = _mm256_set1_epi32(static_cast<int>(c2)), b2 = a2;
+  __m256i a3 = _mm256_set1_epi32(static_cast<int>(c3)), b3 = a3;
   const __m256i ma = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA));
   const __m256i mb = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB));
   for (int r = 0; r < 10; ++r) {
-    __m256i hb, lb, ha, la;
+    const __m256i vk0 = _mm256_set1_epi32(static_cast<int>(k0)), vk1 = _mm256_set1_epi32(static_cast<int>(k1));
+    __m256i hb, lb, ha, la, hb2, lb2, ha2, la2;
     mul_hi_lo8(a2, mb, hb, lb);
+    mul_hi_lo8(b2, mb, hb2, lb2);
     mul_hi_lo8(a0, ma, ha, la);
-    a0 = _mm256_xor_si256(_mm256_xor_si256(hb, a1), _mm256_set1_epi32(static_cast<int>(k0)));
-    a2 = _mm256_xor_si256(_mm256_xor_si256(ha, a3), _mm256_set1_epi32(static_cast<int>(k1)));
+    mul_hi_lo8(b0, ma, ha2, la2);
+    a0 = _mm256_xor_si256(_mm256_xor_si256(hb, a1), vk0);
+    b0 = _mm256_xor_si256(_mm256_xor_si256(hb2, b1), vk0);
+    a2 = _mm256_xor_si256(_mm256_xor_si256(ha, a3), vk1);
+    b2 = _mm256_xor_si256(_mm256_xor_si256(ha2, b3), vk1);
     a1 = lb;
+    b1 = lb2;
     a3 = la;
+    b3 = la2;
     k0 += kPhiloxKeyA;
     k1 += kPhiloxKeyB;
   }
-  out[0] = a0;
-  out[1] = a1;
-  out[2] = a2;
-  out[3] = a3;
+  oa[0] = a0; oa[1] = a1; oa[2] = a2; oa[3] = a3;
+  ob[0] = b0; ob[1] = b1; ob[2] = b2; ob[3] = b3;
 }
 #endif
 
@@ -261,8 +270,8 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
 #ifdef EK_AVX2
       // Queue the quads holding a column with x + G > best (best as of the block's start:
       // a superset of the one-by-one test, which the per-column test below then narrows),
-      // then run Philox on 8 queued quads at a time.
-      int32_t qs[kBlock / 4 + 8];
+      // then run Philox on 16 queued quads at a time.
+      int32_t qs[kBlock / 4 + 16];
       int nq = 0;
       const __m256 vb = _mm256_set1_ps(best), vg = _mm256_set1_ps(P.noise_bound);
       int q = 0;
@@ -279,15 +288,19 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
         qs[nq] = q;
         nq += any;
       }
-      alignas(32) uint32_t words[4][8];
-      for (int j = 0; j < nq; j += 8) {
-        const int cnt = nq - j < 8 ? nq - j : 8;
-        alignas(32) int32_t ctr[8];
-        for (int i = 0; i < 8; ++i) ctr[i] = static_cast<int32_t>((b0 + qs[j + (i < cnt ? i : 0)]) >> 2);
-        __m256i w8[4];
-        philox8(_mm256_load_si256(reinterpret_cast<const __m256i*>(ctr)), P.row_index, P.ctr2, P.ctr3, P.key0,
-                P.key1, w8);
-        for (int l = 0; l < 4; ++l) _mm256_store_si256(reinterpret_cast<__m256i*>(words[l]), w8[l]);
+      alignas(32) uint32_t words[4][16];
+      for (int j = 0; j < nq; j += 16) {
+        const int cnt = nq - j < 16 ? nq - j : 16;
+        alignas(32) int32_t ctr[16];
+        for (int i = 0; i < 16; ++i) ctr[i] = static_cast<int32_t>((b0 + qs[j + (i < cnt ? i : 0)]) >> 2);
+        __m256i wa[4], wb[4];
+        philox8x2(_mm256_load_si256(reinterpret_cast<const __m256i*>(ctr)),
+                  _mm256_load_si256(reinterpret_cast<const __m256i*>(ctr + 8)), P.row_index, P.ctr2, P.ctr3,
+                  P.key0, P.key1, wa, wb);
+        for (int l = 0; l < 4; ++l) {
+          _mm256_store_si256(reinterpret_cast<__m256i*>(words[l]), wa[l]);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(words[l] + 8), wb[l]);
+        }
         for (int i = 0; i < cnt; ++i) {
           const uint32_t w[4] = {words[0][i], words[1][i], words[2][i], words[3][i]};
           score_quad(P, xb, n, b0, qs[j + i], w, best, best_id);
@@ -332,14 +345,17 @@ void EK_PORTABLE_NAME(uniforms)(uint32_t row, int64_t cols, uint32_t key0, uint3
                      uint32_t ctr3, float* out) {
   int64_t c = 0;
 #ifdef EK_AVX2
-  for (; c + 32 <= cols; c += 32) {  // 8 counters: 32 columns
-    __m256i w8[4];
+  for (; c + 64 <= cols; c += 64) {  // 16 counters: 64 columns
+    __m256i wa[4], wb[4];
     const __m256i q = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(c >> 2)),
                                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    philox8(q, row, ctr2, ctr3, key0, key1, w8);
-    alignas(32) uint32_t words[4][8];
-    for (int l = 0; l < 4; ++l) _mm256_store_si256(reinterpret_cast<__m256i*>(words[l]), w8[l]);
-    for (int i = 0; i < 8; ++i)
+    philox8x2(q, _mm256_add_epi32(q, _mm256_set1_epi32(8)), row, ctr2, ctr3, key0, key1, wa, wb);
+    alignas(32) uint32_t words[4][16];
+    for (int l = 0; l < 4; ++l) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(words[l]), wa[l]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(words[l] + 8), wb[l]);
+    }
+    for (int i = 0; i < 16; ++i)
       for (int l = 0; l < 4; ++l) out[c + 4 * i + l] = uint_to_uniform(words[l][i]);
   }
 #endif
