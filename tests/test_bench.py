@@ -43,6 +43,12 @@ def test_kernel_grid_writes_csv_and_plots(tmp_path, capsys):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "eager_step_greedy" in out and "wrote" in out
+    # --replot redraws the same files from the CSV alone.
+    for png in tmp_path.glob("*.png"):
+        png.unlink()
+    assert kernels.main(["--replot", str(tmp_path / "kernels_cpu_t.csv")]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
+        ["kernels_cpu_t_float32.png", "kernels_cpu_t_bfloat16.png", "kernels_cpu_t_step_gbps.png"])
 
 
 def test_kernel_grid_compile_and_triton_paths(tmp_path):

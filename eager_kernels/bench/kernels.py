@@ -3,6 +3,7 @@
     eager-kernels bench [--quick] [--device cpu|cuda] [--backends torch,compile,reference,cpu,triton]
                         [--rows 1 8 32] [--vocab 32000 152064] [--dtypes float32 bfloat16]
                         [--dist randn3|peaked|llm] [--threads N] [--out-dir DIR] [--tag NAME] [--no-plots]
+    eager-kernels bench --replot DIR/kernels_<device>.csv
 
 Backends ("impl" in the CSV):
   torch      the plain torch ops a user writes, each in its fastest form
@@ -278,6 +279,17 @@ def write_csv(rows, path):
         w.writerows(rows)
 
 
+def read_csv(path) -> list[dict]:
+    """The rows of a CSV written by this script, numbers parsed as plot() wants them."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["B"], r["V"] = int(r["B"]), int(r["V"])
+        for key in ("median_us", "gbps", "floor_us", "floor_gbps"):
+            r[key] = float(r[key]) if r[key] not in ("", "nan") else ""
+    return rows
+
+
 def plot(rows, prefix) -> list[str]:
     """Time against V per backend (one figure per dtype: a panel per op and B) and the
     eager_step GB/s against V; returns the files written."""
@@ -305,58 +317,44 @@ def plot(rows, prefix) -> list[str]:
     written = []
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     colors = dict(zip(BACKENDS, ["tab:gray", "tab:purple", "tab:brown", "tab:blue", "tab:green"]))
-    ops = list(dict.fromkeys(r["op"] for r in rows))
     bs = sorted({r["B"] for r in rows})
-    device = rows[0]["device"]
-    for dtype in dict.fromkeys(r["dtype"] for r in rows):
-        fig, axes = plt.subplots(len(ops), len(bs), figsize=(3.6 * len(bs), 2.6 * len(ops)), squeeze=False,
+    first = rows[0]
+
+    def figure(panels, value, floor, ylabel, title, path):
+        """One row of panels per (dtype, op) in `panels`, one column per B: `value` of each
+        backend against V, and the `floor` column dashed."""
+        fig, axes = plt.subplots(len(panels), len(bs), figsize=(3.6 * len(bs), 2.7 * len(panels)), squeeze=False,
                                  sharex=True)
-        for i, op in enumerate(ops):
+        for i, (dtype, op) in enumerate(panels):
             for j, b in enumerate(bs):
                 ax = axes[i][j]
                 sel = [r for r in rows if r["dtype"] == dtype and r["op"] == op and r["B"] == b]
                 for impl in impls:
-                    pts = sorted((r["V"], r["median_us"]) for r in sel if r["impl"] == impl)
+                    pts = sorted((r["V"], r[value]) for r in sel if r["impl"] == impl and r[value] != "")
                     if pts:
                         ax.plot(*zip(*pts), marker="o", ms=3, label=impl, color=colors.get(impl))
-                floor = sorted({(r["V"], r["floor_us"]) for r in sel if r["floor_us"] != ""})
-                if floor:
-                    ax.plot(*zip(*floor), ls="--", color="black", lw=1, label="read floor")
-                ax.set_yscale("log")
-                ax.set_title(f"{op}, B={b}", fontsize=9)
-                ax.grid(True, which="both", alpha=0.3)
-                if j == 0:
-                    ax.set_ylabel("median time (us)")
-                if i == len(ops) - 1:
-                    ax.set_xlabel("vocabulary V")
-        finish(fig, axes, f"{dtype} logits ({rows[0]['dist']}) on {device}, {rows[0]['threads']} threads, "
-                          f"{rows[0]['date']}", f"{prefix}_{dtype}.png")
-
-    steps = [r for r in rows if r["op"] in ("eager_step", "eager_step_greedy") and r["gbps"] != ""]
-    if steps:
-        dts = list(dict.fromkeys(r["dtype"] for r in steps))
-        fig, axes = plt.subplots(len(dts) * 2, len(bs), figsize=(3.6 * len(bs), 2.8 * 2 * len(dts)), squeeze=False,
-                                 sharex=True)
-        for i, (dtype, op) in enumerate((d, o) for d in dts for o in ("eager_step", "eager_step_greedy")):
-            for j, b in enumerate(bs):
-                ax = axes[i][j]
-                sel = [r for r in steps if r["dtype"] == dtype and r["op"] == op and r["B"] == b]
-                for impl in impls:
-                    pts = sorted((r["V"], r["gbps"]) for r in sel if r["impl"] == impl)
-                    if pts:
-                        ax.plot(*zip(*pts), marker="o", ms=3, label=impl, color=colors.get(impl))
-                floor = sorted({(r["V"], r["floor_gbps"]) for r in sel})
-                if floor:
-                    ax.plot(*zip(*floor), ls="--", color="black", lw=1, label="read floor")
+                pts = sorted({(r["V"], r[floor]) for r in sel if r[floor] != ""})
+                if pts:
+                    ax.plot(*zip(*pts), ls="--", color="black", lw=1, label="read floor")
                 ax.set_yscale("log")
                 ax.set_title(f"{op} {dtype}, B={b}", fontsize=9)
                 ax.grid(True, which="both", alpha=0.3)
                 if j == 0:
-                    ax.set_ylabel("logits read GB/s")
-                if i == len(axes) - 1:
+                    ax.set_ylabel(ylabel)
+                if i == len(panels) - 1:
                     ax.set_xlabel("vocabulary V")
-        finish(fig, axes, f"eager_step throughput (logits {rows[0]['dist']}) on {device}, {rows[0]['threads']} "
-                          f"threads, {rows[0]['date']}", f"{prefix}_step_gbps.png")
+        finish(fig, axes, title, path)
+
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    where = f"on {first['device']}, {first['threads']} threads, {first['date']}"
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        figure([(dtype, op) for op in ops], "median_us", "floor_us", "median time (us)",
+               f"{dtype} logits ({first['dist']}) {where}", f"{prefix}_{dtype}.png")
+    steps = [op for op in ("eager_step", "eager_step_greedy") if op in ops]
+    if steps:
+        figure([(d, op) for d in dict.fromkeys(r["dtype"] for r in rows) for op in steps], "gbps", "floor_gbps",
+               "logits read GB/s", f"eager_step throughput (logits {first['dist']}) {where}",
+               f"{prefix}_step_gbps.png")
     return written
 
 
@@ -380,7 +378,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default=os.path.join("benchmarks", "results"))
     ap.add_argument("--tag", default="", help="appended to the output file names")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--replot", metavar="CSV", default=None,
+                    help="measure nothing: redraw the plots of a CSV this command wrote (beside it)")
     args = ap.parse_args(argv)
+    if args.replot:
+        for path in plot(read_csv(args.replot), os.path.splitext(args.replot)[0]):
+            print(f"# wrote {path}")
+        return 0
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
