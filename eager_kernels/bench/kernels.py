@@ -431,8 +431,11 @@ def main(argv=None) -> int:
                     min_seconds=args.min_seconds, csv_path=prefix + ".csv", **grid)
     print(f"# wrote {prefix}.csv ({len(rows)} rows)")
     if not args.no_plots:
-        for path in plot(rows, prefix):
-            print(f"# wrote {path}")
+        try:
+            for path in plot(rows, prefix):
+                print(f"# wrote {path}")
+        except ImportError as exc:  # a GPU box without matplotlib still gets the CSV
+            print(f"# plots skipped ({exc}); draw them later with: eager-kernels bench --replot {prefix}.csv")
     failed = [r for r in rows if r["error"]]
     for r in failed:
         print(f"# FAILED {r['impl']} {r['op']} B={r['B']} V={r['V']} {r['dtype']}: {r['error']}", file=sys.stderr)
