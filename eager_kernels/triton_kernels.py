@@ -44,6 +44,12 @@ launch_config = {
     "num_warps": 8,
 }
 
+# No contraction of a * b + c into one FMA (Triton fuses by default): the Gumbel score
+# x - T * log(E) must round as reference.sample computes it (a product, then a difference),
+# or near-ties could pick another token than the reference; the C++ kernels are built with
+# -ffp-contract=off for the same reason. The interpreter has no such option.
+_NUMERICS = {} if _INTERPRET else {"enable_fp_fusion": False}
+
 _KEY_EMPTY = -(2**63)  # sorts below every real key, -inf logits included
 _STATUS_BAD_VALUE = 1  # NaN or +inf in the row
 _STATUS_EMPTY_ROW = 2  # no finite logit in the row
@@ -91,7 +97,7 @@ def _unpack_keys(key):
 
 # tl.topk (a partial bitonic sort) is recent; older Triton releases get the same result
 # from KP rounds of max-and-remove (keys are unique per column, so nothing is lost).
-_HAS_TL_TOPK: tl.constexpr = hasattr(tl, "topk")
+_HAS_TL_TOPK = tl.constexpr(hasattr(tl, "topk"))
 
 
 @triton.jit
@@ -328,7 +334,8 @@ def _merge_group(values_ptr, count_ptr, overflow_ptr, new, n_new, CAP, B_P: tl.c
     else:
         new_sorted = tl.sort(new)
         smallest = tl.min(new, axis=0)
-        at_or_below = tl.zeros((B_P,), tl.int32)  # per new value: old values <= it
+        # Loop-carried values keep one type (compiled Triton requires it): int64, as n.
+        at_or_below = tl.zeros((B_P,), tl.int64)  # per new value: old values <= it
         end = n
         while end > 0:
             begin = tl.maximum(end - MB, 0)
@@ -337,11 +344,11 @@ def _merge_group(values_ptr, count_ptr, overflow_ptr, new, n_new, CAP, B_P: tl.c
             old = tl.load(values_ptr + idx, mask=live, other=-float("inf"), volatile=True)
             below = tl.sum((new_sorted[None, :] < old[:, None]).to(tl.int32), axis=1)
             tl.store(values_ptr + idx + below, old, mask=live)
-            at_or_below += tl.sum(((old[:, None] <= new_sorted[None, :]) & live[:, None]).to(tl.int32), axis=0)
+            at_or_below += tl.sum(((old[:, None] <= new_sorted[None, :]) & live[:, None]).to(tl.int64), axis=0)
             if tl.max(tl.where(live, old, -float("inf")), axis=0) <= smallest:
                 # everything further down is <= the smallest new value: it stays in place
                 at_or_below += begin
-                end = 0
+                end = begin * 0
             else:
                 end = begin
         k = tl.arange(0, B_P)
@@ -431,7 +438,7 @@ def _run(logits, *, entropy_top_k=None, want_entropy=False, k=0, temperature=Non
         stats, keys, best, best_col, *hist_args,
         BLOCK=block, KP=kp, TOPK=topk, STATS=need_sums, SAMPLE=sample, TEMP_IS_PTR=temp_is_ptr,
         COUNTERS_ARE_PTRS=counters_are_ptrs, THRESHOLD=history is not None,
-        num_warps=cfg["num_warps"],
+        num_warps=cfg["num_warps"], **_NUMERICS,
     )
     b_p = max(2, triton.next_power_of_2(rows)) if history is not None else 2
     _finalize_kernel[(rows,)](
@@ -443,7 +450,7 @@ def _run(logits, *, entropy_top_k=None, want_entropy=False, k=0, temperature=Non
         NCH_P=triton.next_power_of_2(n_chunks), KP=kp, TOPK=topk,
         ENTROPY=want_entropy or history is not None, TOPK_ENTROPY=entropy_top_k is not None,
         CANDIDATES=k > 0, SAMPLE=sample, HISTORY=history is not None,
-        B_P=b_p, MB=max(16, 16384 // b_p), num_warps=4,
+        B_P=b_p, MB=max(16, 16384 // b_p), num_warps=4, **_NUMERICS,
     )
     _check_status(status)
     return ent, thr, branch, token, ids, lp
