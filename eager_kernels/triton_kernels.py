@@ -450,7 +450,7 @@ def _run(logits, *, entropy_top_k=None, want_entropy=False, k=0, temperature=Non
         NCH_P=triton.next_power_of_2(n_chunks), KP=kp, TOPK=topk,
         ENTROPY=want_entropy or history is not None, TOPK_ENTROPY=entropy_top_k is not None,
         CANDIDATES=k > 0, SAMPLE=sample, HISTORY=history is not None,
-        B_P=b_p, MB=max(16, 16384 // b_p), num_warps=4, **_NUMERICS,
+        B_P=b_p, MB=max(16, min(1024, 4096 // b_p)), num_warps=4, **_NUMERICS,
     )
     _check_status(status)
     return ent, thr, branch, token, ids, lp

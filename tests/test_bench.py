@@ -2,6 +2,7 @@
 figures come from `eager-kernels bench`, never from tests)."""
 import csv
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,28 @@ def test_decode_bench_runs(tmp_path, capsys):
     for r in rows:
         assert int(r["tokens"]) > 0 and float(r["ms_per_token"]) > 0 and r["max_new_tokens"] == "3"
     assert "per generated token" in capsys.readouterr().out
+
+
+def test_tune_triton_script_runs(tmp_path, capsys):
+    """benchmarks/tune_triton.py (for a GPU session) sweeps launch_config and restores it."""
+    import runpy
+    import sys
+
+    from eager_kernels import triton_kernels as tk
+
+    before = dict(tk.launch_config)
+    out = tmp_path / "tune.csv"
+    argv = ["tune_triton.py", "--rows", "2", "--vocab", "300", "--blocks", "64", "128", "--warps", "4",
+            "--programs", "4", "--min-seconds", "0", "--out", str(out)]
+    old = sys.argv
+    sys.argv = argv
+    try:
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_path(str(Path(__file__).parent.parent / "benchmarks" / "tune_triton.py"), run_name="__main__")
+    finally:
+        sys.argv = old
+    assert exc.value.code == 0
+    assert tk.launch_config == before
+    rows = _read(out)
+    assert [(r["block"], r["num_warps"]) for r in rows] == [("64", "4"), ("128", "4")]
+    assert "# best at B=2" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Compile the Triton kernels for NVIDIA GPUs on a machine without one.
 
-    python tests/triton_compile.py [--arch 90 80] [--fallback-topk]
+    python tests/triton_compile.py [--arch 90 80] [--fallback-topk] [--ptxas-info]
 
 The Triton interpreter (how the tests run the kernels without CUDA) is lenient where the
 compiler is not: loop-carried values that change type, non-constexpr globals, branches
@@ -13,8 +13,9 @@ cubin with the bundled ptxas) for each target, through the launchers themselves:
 tensors live on the meta device, a stand-in driver reports the target, and each kernel is
 compiled with `warmup=True` (the argument specialisation is Triton's own), never launched.
 
---fallback-topk compiles the path for Triton releases without tl.topk. Prints one line per
-variant and exits 1 if any failed. tests/test_triton_compile.py runs it.
+--fallback-topk compiles the path for Triton releases without tl.topk; --ptxas-info adds
+each kernel's registers, spills and shared memory (ptxas -v). Prints one line per variant
+and exits 1 if any failed. tests/test_triton_compile.py runs it.
 """
 from __future__ import annotations
 
@@ -77,6 +78,34 @@ class _CompileOnly:
         return go
 
 
+def _ptxas_info(kernel, arch) -> str:
+    """Registers and spills of a compiled kernel, from `ptxas -v` on its PTX (the first of
+    Triton's bundled ptxas binaries that accepts the PTX version)."""
+    import glob
+    import re
+    import subprocess
+    import tempfile
+
+    bins = sorted(glob.glob(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas*")))
+    m = re.search(r"\.target\s+(\S+)", kernel.asm["ptx"])
+    gpu = m.group(1) if m else f"sm_{arch}"
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(kernel.asm["ptx"])
+    try:
+        for exe in bins:
+            proc = subprocess.run([exe, "-v", "--gpu-name", gpu, f.name, "-o", os.devnull], capture_output=True,
+                                  text=True)
+            if proc.returncode == 0:
+                regs = re.search(r"Used (\d+) registers", proc.stderr)
+                spill = re.search(r"(\d+) bytes spill stores", proc.stderr)
+                return (f"{kernel.name}: {regs.group(1) if regs else '?'} registers, "
+                        f"{spill.group(1) if spill else '?'} bytes spilled, "
+                        f"{kernel.metadata.shared} bytes shared, {kernel.metadata.num_warps} warps")
+        return f"{kernel.name}: no bundled ptxas accepted the PTX"
+    finally:
+        os.unlink(f.name)
+
+
 def _variants(tk):
     """(name, thunk) for every launch shape the launchers make."""
     out = []
@@ -131,6 +160,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90], help="CUDA compute capabilities (90 = H100/H200)")
     ap.add_argument("--fallback-topk", action="store_true", help="compile the path without tl.topk")
+    ap.add_argument("--ptxas-info", action="store_true", help="also print registers and spills per kernel")
     args = ap.parse_args(argv)
 
     from eager_kernels import triton_kernels as tk
@@ -148,9 +178,13 @@ def main(argv=None) -> int:
             kernel.device_caches.clear()
         for name, thunk in _variants(tk):
             t0 = time.perf_counter()
+            n0 = len(tk._partial_kernel.compiled), len(tk._finalize_kernel.compiled)
             try:
                 thunk()
                 print(f"ok      sm_{arch} {name} ({time.perf_counter() - t0:.1f} s)", flush=True)
+                if args.ptxas_info:
+                    for kernel in tk._partial_kernel.compiled[n0[0]:] + tk._finalize_kernel.compiled[n0[1]:]:
+                        print(f"          {_ptxas_info(kernel, arch)}", flush=True)
             except Exception as exc:  # report every variant, then fail
                 failed += 1
                 cause = exc.__cause__ or exc
