@@ -11,7 +11,6 @@ writes a CSV. Under TRITON_INTERPRET=1 (no GPU) it runs on CPU with the interpre
 only checks that the script works (tests/test_bench.py); the times then mean nothing.
 """
 import argparse
-import csv
 import itertools
 import os
 import sys
@@ -21,6 +20,7 @@ import torch
 import eager_kernels as ek
 from eager_kernels import benchmarking as bm
 from eager_kernels import triton_kernels as tk
+from eager_kernels.bench.kernels import write_csv
 
 BLOCKS = (1024, 2048, 4096)
 WARPS = (4, 8, 16)
@@ -79,11 +79,7 @@ def main(argv=None) -> int:
         tk.launch_config.clear()
         tk.launch_config.update(saved)
         if rows_out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows_out[0]))
-                w.writeheader()
-                w.writerows(rows_out)
+            write_csv(rows_out, args.out)
             print(f"# wrote {args.out}")
     return 0
 

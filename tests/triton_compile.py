@@ -54,12 +54,6 @@ class _TargetOnlyDriver:
     def get_current_target(self):
         return self.target
 
-    def get_active_torch_device(self):
-        return META
-
-    def is_active(self):
-        return True
-
 
 class _CompileOnly:
     """Stands in for a kernel: kernel[grid](...) compiles (warm-up) instead of launching."""

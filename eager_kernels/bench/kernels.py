@@ -65,9 +65,9 @@ def available_backends(device: str) -> list[str]:
     return names
 
 
-def runnable_backends(device: str) -> list[str]:
-    """available_backends, plus Triton on CPU under TRITON_INTERPRET=1 (for testing this
-    script only: interpreter times mean nothing)."""
+def _requestable_backends(device: str) -> list[str]:
+    """What --backends may name: available_backends, plus Triton on CPU under
+    TRITON_INTERPRET=1 (for testing this script only: interpreter times mean nothing)."""
     names = available_backends(device)
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         names.append("triton")
@@ -185,10 +185,11 @@ def _compile_all():
 
 
 def _floor_seconds(x, device, copy_bw):
+    """One amax pass on CPU; on CUDA the logits read at the measured copy bandwidth."""
     from .. import benchmarking as bm
 
     if device == "cpu":
-        return bm.time_stats(lambda: x.amax(-1), device=device)[0]
+        return bm.read_floor_seconds(x)
     return x.numel() * x.element_size() / copy_bw
 
 
@@ -217,27 +218,26 @@ def run_grid(*, device, backends, rows, vocab, dtypes, dist="randn3", ops=OPS, m
                 case = _Case(b, v, dtype, device, dist, compiled)
                 nbytes = case.x.numel() * case.x.element_size()
                 floor = _floor_seconds(case.x, device, copy_bw)
-                times = {}
                 for op in ops:
                     reads_logits = op != "threshold"
+                    stats = {}  # impl -> (median s, minimum s, runs, error)
                     for impl in backends:
                         try:
-                            med, best, runs = bm.time_stats(case.fn(op, impl), device=device, min_runs=min_runs,
-                                                            min_seconds=min_seconds, max_seconds=max_seconds)
-                            error = ""
+                            stats[impl] = (*bm.time_stats(case.fn(op, impl), device=device, min_runs=min_runs,
+                                                          min_seconds=min_seconds, max_seconds=max_seconds), "")
                         except Exception as exc:  # a failing baseline (say, no compiler for inductor) is a row
-                            med = best = float("nan")
-                            runs, error = 0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-                        times[impl] = med
+                            stats[impl] = (float("nan"), float("nan"), 0,
+                                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                    times = {impl: st[0] for impl, st in stats.items()}
+                    for impl, (med, best, runs, error) in stats.items():
                         out.append(dict(meta, dtype=dtype_name, B=b, V=v, op=op, impl=impl,
                                         median_us=round(med * 1e6, 3), min_us=round(best * 1e6, 3), runs=runs,
-                                        x_torch=None, gbps=round(nbytes / med / 1e9, 3) if reads_logits else "",
+                                        x_torch=round(times["torch"] / med, 3) if "torch" in times else "",
+                                        gbps=round(nbytes / med / 1e9, 3) if reads_logits else "",
                                         floor_us=round(floor * 1e6, 3) if reads_logits else "",
                                         floor_gbps=round(nbytes / floor / 1e9, 3) if reads_logits else "",
                                         pct_floor=round(100 * floor / med, 1) if reads_logits else "",
                                         error=error))
-                    for row in out[-len(backends):]:
-                        row["x_torch"] = round(times["torch"] / times[row["impl"]], 3) if "torch" in times else ""
                     log(_line(dtype_name, b, v, op, backends, fused, times, floor if reads_logits else None, nbytes))
                 if csv_path:
                     write_csv(out, csv_path)
@@ -391,9 +391,8 @@ def main(argv=None) -> int:
         ap.error("--device cuda: CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    avail = available_backends(device)
     if args.backends:
-        avail = runnable_backends(device)
+        avail = _requestable_backends(device)
         wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
         bad = [b for b in wanted if b not in BACKENDS]
         if bad:
@@ -403,7 +402,7 @@ def main(argv=None) -> int:
             ap.error(f"--backends: {missing} not available on {device} here (available: {avail})")
         backends = ["torch"] + [b for b in wanted if b != "torch"]
     else:
-        backends = avail
+        backends = available_backends(device)
     ops = OPS
     if args.ops:
         ops = tuple(o.strip() for o in args.ops.split(","))

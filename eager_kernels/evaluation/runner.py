@@ -255,7 +255,6 @@ class Evaluator:
                                      results=[_R(init[t.id]) for t in self.tasks])
         pending = self._pending(lab)
         bar = self._bar(lab, len(self.tasks), len(self.tasks) - len(pending))
-        spent = sum(b["tokens"] for b in _unique_batches(self.records(lab)))
 
         def finish(t, extra_paths, extra_tokens, extra_batch, extra_branches=0):
             r0 = init[t.id]
