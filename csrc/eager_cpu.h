@@ -25,6 +25,15 @@ constexpr uint32_t kPhiloxRoundA = 0xD2511F53u;
 constexpr uint32_t kPhiloxRoundB = 0xCD9E8D57u;
 constexpr float kUniformScale = 4.6566127342e-10f;  // reference.UNIFORM_SCALE (== UNIFORM_MIN)
 
+// exp(d) = 2^n 2^f of the vector kernels (AVX-512 and AVX2): n = round(d log2 e),
+// f = d log2 e - n from log2 e split in two (kLog2EHi + kLog2ELo), 2^f by a degree-6
+// polynomial on [-1/2, 1/2] (coefficients highest first).
+constexpr float kLog2E = 1.44269504088896341f;
+constexpr float kLog2EHi = 1.44269502f;
+constexpr float kLog2ELo = 1.92596299e-8f;
+constexpr float kExp2Poly[7] = {1.535336188e-4f, 1.339887440e-3f, 9.618437357e-3f, 5.550332471e-2f,
+                                2.402264791e-1f, 6.931472028e-1f, 1.0f};
+
 enum ElemKind { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
 struct ChunkParams {

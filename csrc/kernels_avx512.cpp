@@ -70,17 +70,12 @@ struct Loader<kF16> {
 // FMAs with log2 e split in two (so f carries no rounding of the product), 2^f by a
 // degree-6 polynomial on [-1/2, 1/2], scaled with scalef. About 1-2 ulp.
 EK_INLINE __m512 exp_nonpos(__m512 d) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f)),
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(d, _mm512_set1_ps(kLog2E)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_fmsub_ps(d, _mm512_set1_ps(1.44269502f), n);
-  f = _mm512_fmadd_ps(d, _mm512_set1_ps(1.92596299e-8f), f);
-  __m512 p = _mm512_set1_ps(1.535336188e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  __m512 f = _mm512_fmsub_ps(d, _mm512_set1_ps(kLog2EHi), n);
+  f = _mm512_fmadd_ps(d, _mm512_set1_ps(kLog2ELo), f);
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
   return _mm512_scalef_ps(p, n);
 }
 

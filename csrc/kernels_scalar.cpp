@@ -94,17 +94,12 @@ inline float hsum8(__m256 v) {
 // two FMAs with log2 e split in two, 2^f by the same degree-6 polynomial), the scale 2^n
 // built in the exponent bits (n >= -126 here).
 inline __m256 exp8_nonpos(__m256 d) {
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(d, _mm256_set1_ps(1.44269504088896341f)),
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(d, _mm256_set1_ps(kLog2E)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 f = _mm256_fmsub_ps(d, _mm256_set1_ps(1.44269502f), n);
-  f = _mm256_fmadd_ps(d, _mm256_set1_ps(1.92596299e-8f), f);
-  __m256 p = _mm256_set1_ps(1.535336188e-4f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  __m256 f = _mm256_fmsub_ps(d, _mm256_set1_ps(kLog2EHi), n);
+  f = _mm256_fmadd_ps(d, _mm256_set1_ps(kLog2ELo), f);
+  __m256 p = _mm256_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
   const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
 }
