@@ -132,14 +132,15 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
     T = cfg.max_new_tokens
     seed_policy = cfg.policy == "seed"
     prune = cfg.prune_to
+    keep_host = [min(c, prune) if prune is not None else c for c in caps]  # most kept rows per prompt
     caps_t = torch.tensor(caps, dtype=torch.int64, device=device)
-    keep_n = caps_t.clamp_max(prune) if prune is not None else caps_t  # most kept rows per prompt
+    keep_n = torch.tensor(keep_host, dtype=torch.int64, device=device)
     k = cfg.candidates_k
     nmax = cfg.num_branches
     cache_kw, keep_kw = _forward_kwargs(model)
 
     P = max(len(p) for p in prompts)
-    max_rows = int(keep_n.sum())
+    max_rows = sum(keep_host)
     check_memory(model, max_rows, P + T, cfg, device)
 
     # Prefill: left-padded prompts, positions counted over real tokens only.
@@ -180,7 +181,7 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
     peak = torch.ones(G, dtype=torch.int64, device=device)
     branch_events = torch.zeros(G, dtype=torch.int64, device=device)
 
-    history = EntropyHistory(G, max(1, T * int(keep_n.max())), device=device, backend=cfg.backend)
+    history = EntropyHistory(G, max(1, T * max(keep_host)), device=device, backend=cfg.backend)
     eos_t = torch.tensor(eos_ids or [-2], dtype=torch.int64, device=device)
     stops = [torch.tensor(s, dtype=torch.int64, device=device) for s in stop_seqs if len(s) > 0]
     arange_j = torch.arange(nmax, device=device)
