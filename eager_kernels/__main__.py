@@ -5,6 +5,11 @@
     bench     the kernel benchmark grid (every op, every backend here); --decode: the
               end-to-end decode comparison on the default model
     eval      greedy / parallel / EAGer variants on the built-in task suite
+
+The package's own errors (a bad option value, a missing file or optional extra, a KV cache
+that does not fit) print as one line, `eager-kernels <command>: error: <message>`, with
+exit code 2, as argparse's own errors do. `--debug` (anywhere on the line) or
+EAGER_KERNELS_DEBUG=1 shows the traceback instead. Unexpected exceptions keep theirs.
 """
 from __future__ import annotations
 
@@ -75,12 +80,20 @@ def _threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _check_backend_here(backend: str) -> None:
+    """The CLI loads models on the CPU: say now, not after loading, if `backend` cannot run there."""
+    import torch
+
+    from . import _registry
+
+    _registry.resolve(backend, torch.device("cpu"))
+
+
 def cmd_generate(args) -> int:
     from . import EagerConfig, generate
 
     _threads(args)
 
-    model, tok, name, load_s = _load(args.model)
     overrides = dict(max_new_tokens=args.max_new_tokens, backend=args.backend, seed=args.seed)
     if args.max_paths is not None:
         overrides["max_paths_per_prompt"] = args.max_paths
@@ -90,7 +103,9 @@ def cmd_generate(args) -> int:
         overrides["budget"] = args.budget
     if args.stop_branching_at:
         overrides["stop_branching_at"] = args.stop_branching_at
-    cfg = EagerConfig(policy=args.policy, **overrides)
+    cfg = EagerConfig(policy=args.policy, **overrides)  # bad values fail here, before the model loads
+    _check_backend_here(cfg.backend)
+    model, tok, name, load_s = _load(args.model)
     progress = args.progress if args.progress is not None else args.max_new_tokens > 32
     print(f"model: {name} (loaded in {load_s:.1f} s); policy: {cfg.policy}; backend: {cfg.backend}; "
           f"M = {cfg.max_paths_per_prompt}; max_new_tokens = {cfg.max_new_tokens}")
@@ -109,6 +124,7 @@ def cmd_generate(args) -> int:
 def cmd_demo(args) -> int:
     from . import demo
 
+    _check_backend_here(args.backend)
     checks_ok = demo.run_kernel_checks()
     print(f"\n== EAGer generate on the default model: {DEMO_PROMPT!r}, seed policy, 32 new tokens ==")
     ns = argparse.Namespace(prompt=[DEMO_PROMPT], model=args.model, policy="seed", max_new_tokens=32,
@@ -132,8 +148,10 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eager-kernels",
-                                     description="Entropy-aware (EAGer) generation with fused kernels.")
+    parser = argparse.ArgumentParser(
+        prog="eager-kernels", description="Entropy-aware (EAGer) generation with fused kernels.",
+        epilog="--debug (anywhere) or EAGER_KERNELS_DEBUG=1: show the traceback of an error "
+               "instead of its one-line message.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="explore paths for one or more prompts and print them")
@@ -175,14 +193,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    argv = sys.argv[1:] if argv is None else list(argv)
+def user_errors() -> tuple:
+    """The exception types that are the user's to fix: reported in one line, no traceback."""
+    from .errors import MissingExtraError
+    from .sampler import EagerMemoryError
+
+    return (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            EagerMemoryError, MissingExtraError)
+
+
+def _debug_requested(argv: list) -> bool:
+    return "--debug" in argv or os.environ.get("EAGER_KERNELS_DEBUG", "") not in ("", "0")
+
+
+def _run(argv: list) -> int:
     if argv[:1] in (["eval"], ["bench"]):
         # their own parsers take every option (argparse.REMAINDER drops a leading --help)
         return {"eval": cmd_eval, "bench": cmd_bench}[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = _debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        return _run(argv)
+    except user_errors() as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:
+            message = f"{message}: {exc.filename}"
+        where = f"eager-kernels {command}" if command else "eager-kernels"
+        print(f"{where}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

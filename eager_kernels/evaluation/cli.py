@@ -111,10 +111,10 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, the
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.prompts < 1 or args.max_paths < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
-        print("eval: --prompts, --max-paths, --max-new-tokens and --batch-size must be >= 1", file=sys.stderr)
-        return 2
+        parser.error("--prompts, --max-paths, --max-new-tokens and --batch-size must be >= 1")
     from ..models import load_default_model, load_model
 
     t0 = time.perf_counter()
