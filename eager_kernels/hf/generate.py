@@ -140,13 +140,18 @@ def _check_options(model, generation_config, cfg: EagerConfig, caller: Optional[
         _refuse("stopping_criteria", "paths end at EOS or max_new_tokens; use EagerConfig.stop_branching_at "
                 "to stop branching")
 
+    # What this call asked for: the flags passed to generate() (read from its frame), and any
+    # value that differs from the model's own defaults (a generation_config= object).
     base = _baseline_config(model)
+    settings = generation_config.to_dict()
+    explicit = set((caller or {}).get("kwargs") or {}) & set(settings)
+    asked = {name for name, value in settings.items() if value != getattr(base, name, None)} | explicit
     passed = {}
-    for name, value in generation_config.to_dict().items():
-        if name.startswith("_") or name in _TAKEN:
+    for name in sorted(asked):
+        value = settings[name]
+        if value is None or name.startswith("_") or name in _TAKEN or (name in _NEUTRAL and value == _NEUTRAL[name]):
             continue
-        if value != getattr(base, name, None) and not (name in _NEUTRAL and value == _NEUTRAL[name]):
-            passed[name] = value
+        passed[name] = value
     for name, value in passed.items():
         if name in ("num_beams", "num_beam_groups", "early_stopping", "length_penalty", "diversity_penalty"):
             _refuse(f"{name}={value!r}", "beam search; EAGer's tree is set by eager_config=EagerConfig(...)")
@@ -160,13 +165,13 @@ def _check_options(model, generation_config, cfg: EagerConfig, caller: Optional[
         _refuse(f"{name}={value!r}", "EAGer's settings come from eager_config=EagerConfig(...)")
 
     # do_sample / temperature passed to this call must agree with the config.
-    if generation_config.do_sample != getattr(base, "do_sample", None):
+    if "do_sample" in asked and generation_config.do_sample is not None:
         if bool(generation_config.do_sample) != (cfg.temperature > 0):
             raise ValueError(
                 f"eager_generate: do_sample={generation_config.do_sample} contradicts the EagerConfig "
                 f"(temperature={cfg.temperature}: {'sampling' if cfg.temperature > 0 else 'greedy'}); set "
                 f"EagerConfig(temperature=...) instead")
-    if generation_config.temperature != getattr(base, "temperature", None):
+    if "temperature" in asked:
         if generation_config.temperature is not None and float(generation_config.temperature) != float(cfg.temperature):
             raise ValueError(
                 f"eager_generate: temperature={generation_config.temperature} contradicts the EagerConfig "
