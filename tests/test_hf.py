@@ -400,6 +400,43 @@ def test_monitor_entropy_path_reads_nothing_on_the_host(monkeypatch):
     assert monitor.entropies.shape == (3, 4)
 
 
+def test_monitor_backends(backend):
+    """The monitor's entropy (and threshold) on every backend here equals the reference."""
+    name, device = backend
+    cfg = EagerConfig.paper(q=70.0, theta=0.2, initial_threshold=1.0, backend=name)
+    monitor = EntropyMonitor(entropy_top_k=8, eager_config=cfg, backend=name)
+    g = torch.Generator().manual_seed(3)
+    steps = [(torch.randn(4, 96, generator=g) * 3).to(device) for _ in range(4)]
+    for s, logits in enumerate(steps):
+        monitor(torch.zeros(4, 2 + s, dtype=torch.int64, device=device), logits)
+    want = ek.reference.entropy(torch.stack(steps, 1).reshape(-1, 96).double().cpu(), 8).reshape(4, 4)
+    torch.testing.assert_close(monitor.entropies.double().cpu(), want, atol=2e-4, rtol=2e-5)
+    ent = monitor.entropies.double().cpu()
+    for s in range(4):
+        for r in range(4):
+            want_thr = 1.0 if s == 0 else max(0.2, float(torch.quantile(ent[r, :s], 0.7)))
+            assert float(monitor.thresholds[r, s]) == pytest.approx(want_thr, abs=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (host syncs are a GPU matter)")
+def test_monitor_steps_do_not_synchronise_on_cuda():
+    cfg = EagerConfig.paper(q=90.0, theta=0.5, initial_threshold=1.0)
+    monitor = EntropyMonitor(eager_config=cfg, rows_per_prompt=2)
+    logits = torch.randn(4, 32000, device="cuda")
+    ids = torch.zeros(4, 3, dtype=torch.int64, device="cuda")
+    monitor(ids, logits)  # the first call allocates the history
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for s in range(1, 70):  # past the first history capacity (a grow inside)
+            monitor(torch.zeros(4, 3 + s, dtype=torch.int64, device="cuda"), logits * (1 + s / 10))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert monitor.entropies.shape == (4, 70) and monitor.entropies.is_cuda
+    want = ek.reference.entropy(logits.double())
+    torch.testing.assert_close(monitor.entropies[:, 0].double(), want, atol=2e-4, rtol=2e-5)
+
+
 def test_monitor_llama_cpp_form():
     """llama-cpp-python calls a processor with numpy (input_ids, scores[V]) per token."""
     np = pytest.importorskip("numpy")
