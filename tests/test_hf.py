@@ -122,6 +122,14 @@ def test_same_paths_as_eager_generate(tiny, policy):
     assert [len(r.paths) for r in got.eager.results] == [len(r.paths) for r in ref.results]
 
 
+def test_package_attribute_imports_hf_lazily():
+    code = ("import sys, eager_kernels as ek; assert 'eager_kernels.hf' not in sys.modules; "
+            "assert ek.hf.eager_generate is sys.modules['eager_kernels.hf'].eager_generate")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    assert out.returncode == 0, out.stderr
+
+
 def test_return_types(tiny):
     cfg = paper_cfg(max_new_tokens=5)
     full = hf_eager(tiny, cfg)

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..sampler.config import EagerConfig, EagerOutput, Metrics
+from ..sampler import EagerConfig, EagerOutput, Metrics
 
 try:  # transformers is an optional dependency; the output type needs it at import time
     from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerationMixin

@@ -24,7 +24,7 @@ import torch
 from .. import ops
 from .._checks import check_backend
 from ..history import EntropyHistory
-from ..sampler.config import EagerConfig
+from ..sampler import EagerConfig
 
 try:
     from transformers import LogitsProcessor
