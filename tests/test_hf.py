@@ -122,12 +122,10 @@ def test_same_paths_as_eager_generate(tiny, policy):
     assert [len(r.paths) for r in got.eager.results] == [len(r.paths) for r in ref.results]
 
 
-def test_package_attribute_imports_hf_lazily():
-    code = ("import sys, eager_kernels as ek; assert 'eager_kernels.hf' not in sys.modules; "
-            "assert ek.hf.eager_generate is sys.modules['eager_kernels.hf'].eager_generate")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")))
-    assert out.returncode == 0, out.stderr
+def test_package_attribute():
+    assert ek.hf.eager_generate is eager_generate  # `import eager_kernels as ek; ek.hf...` works
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ek.no_such_name  # noqa: B018
 
 
 def test_return_types(tiny):
@@ -411,17 +409,18 @@ def test_monitor_entropy_path_reads_nothing_on_the_host(monkeypatch):
 def test_monitor_backends(backend):
     """The monitor's entropy (and threshold) on every backend here equals the reference."""
     name, device = backend
+    rows, steps_n = 2, 3  # small: the Triton interpreter runs here
     cfg = EagerConfig.paper(q=70.0, theta=0.2, initial_threshold=1.0, backend=name)
     monitor = EntropyMonitor(entropy_top_k=8, eager_config=cfg, backend=name)
     g = torch.Generator().manual_seed(3)
-    steps = [(torch.randn(4, 96, generator=g) * 3).to(device) for _ in range(4)]
+    steps = [(torch.randn(rows, 96, generator=g) * 3).to(device) for _ in range(steps_n)]
     for s, logits in enumerate(steps):
-        monitor(torch.zeros(4, 2 + s, dtype=torch.int64, device=device), logits)
-    want = ek.reference.entropy(torch.stack(steps, 1).reshape(-1, 96).double().cpu(), 8).reshape(4, 4)
+        monitor(torch.zeros(rows, 2 + s, dtype=torch.int64, device=device), logits)
+    want = ek.reference.entropy(torch.stack(steps, 1).reshape(-1, 96).double().cpu(), 8).reshape(rows, steps_n)
     torch.testing.assert_close(monitor.entropies.double().cpu(), want, atol=2e-4, rtol=2e-5)
     ent = monitor.entropies.double().cpu()
-    for s in range(4):
-        for r in range(4):
+    for s in range(steps_n):
+        for r in range(rows):
             want_thr = 1.0 if s == 0 else max(0.2, float(torch.quantile(ent[r, :s], 0.7)))
             assert float(monitor.thresholds[r, s]) == pytest.approx(want_thr, abs=1e-5)
 
