@@ -35,16 +35,19 @@ def main(argv=None):
     ap.add_argument("--paths", type=int, default=8, help="EAGer's M, the most paths per prompt")
     ap.add_argument("--prompt", action="append", help="a prompt (repeatable); default: two examples")
     args = ap.parse_args(argv)
-    prompts = args.prompt or PROMPTS
-
     model, tok = load_default_model()
+    return run(model, tok, args.prompt or PROMPTS, max_new_tokens=args.max_new_tokens, paths=args.paths)
+
+
+def run(model, tok, prompts, *, max_new_tokens, paths, **config):
+    """The three parts on any causal LM and its tokenizer (config: EagerConfig overrides)."""
     batch = chat_batch(tok, prompts)
     prompt_len = batch["input_ids"].shape[1]
-    cfg = ek.EagerConfig.paper(max_paths_per_prompt=args.paths)
+    cfg = ek.EagerConfig.paper(max_paths_per_prompt=paths, **config)
 
     # 1. EAGer as transformers' custom_generate callable
     out = model.generate(**batch, custom_generate=eager_generate, eager_config=cfg,
-                         max_new_tokens=args.max_new_tokens, return_dict_in_generate=True, eager_tokenizer=tok)
+                         max_new_tokens=max_new_tokens, return_dict_in_generate=True, eager_tokenizer=tok)
     print(f"== 1. model.generate(custom_generate=eager_generate): {type(out).__name__}, "
           f"sequences {tuple(out.sequences.shape)}")
     for i, prompt in enumerate(prompts):
@@ -61,18 +64,18 @@ def main(argv=None):
 
     # 2. The same loop from the custom_generate/ folder
     again = model.generate(**batch, custom_generate=CUSTOM_GENERATE_DIR, trust_remote_code=True, eager_config=cfg,
-                           max_new_tokens=args.max_new_tokens)
+                           max_new_tokens=max_new_tokens)
     print(f"== 2. custom_generate={CUSTOM_GENERATE_DIR!r}: same sequences: {torch.equal(again, out.sequences)}")
 
     # 3. EntropyMonitor in an ordinary greedy generate()
     monitor = EntropyMonitor(eager_config=cfg)  # the config's top-20 entropy, q, theta
-    greedy = model.generate(**batch, do_sample=False, max_new_tokens=args.max_new_tokens, logits_processor=[monitor])
+    greedy = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, logits_processor=[monitor])
     ent, thr, br = monitor.entropies, monitor.thresholds, monitor.branches
     print(f"== 3. EntropyMonitor in greedy generate(): entropies {tuple(ent.shape)} (rows x steps)")
     for i in range(len(prompts)):
         text = tok.decode(greedy[i, prompt_len:], skip_special_tokens=True).strip()
         print(f"prompt {i} greedy: {text!r}")
-        print(f"  entropies (top-20, nats): {[round(float(e), 2) for e in ent[i]]}")
+        print(f"  entropies (top-{cfg.entropy_top_k}, nats): {[round(float(e), 2) for e in ent[i]]}")
         print(f"  EAGer would branch at steps {br[i].nonzero().flatten().tolist()} "
               f"(threshold at the last step {float(thr[i, -1]):.2f})")
     return 0

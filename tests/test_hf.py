@@ -220,6 +220,13 @@ def test_unsupported_options_raise(tiny, kwargs, match):
         hf_eager(tiny, paper_cfg(max_new_tokens=3), **kwargs)
 
 
+def test_inputs_embeds_refused(tiny):
+    embeds = tiny.get_input_embeddings()(IDS[1:])
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        tiny.generate(inputs_embeds=embeds, custom_generate=eager_generate, eager_config=paper_cfg(),
+                      max_new_tokens=2)
+
+
 def test_greedy_config_contradictions(tiny):
     cfg = seed_cfg(max_new_tokens=3)  # temperature 0
     with pytest.raises(ValueError, match="do_sample=True contradicts"):
@@ -457,6 +464,35 @@ def test_monitor_llama_cpp_form():
     torch.testing.assert_close(monitor.entropies[0].double(), want, atol=2e-4, rtol=2e-5)
     with pytest.raises(TypeError, match="scores"):
         monitor(np.arange(12), [0.0] * 64)
+
+
+def _tiny_tokenizer():
+    """A word-level tokenizer over the tiny model's vocabulary ("w0" .. "w159"), with a
+    chat template: enough for the example script's code path."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w2"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="w0", bos_token="w1", unk_token="w2",
+                                  eos_token=f"w{EOS}")
+    tok.chat_template = "w1 {% for m in messages %}{{ m['content'] }} {% endfor %}"
+    return tok
+
+
+def test_example_script_on_the_tiny_model(tiny, capsys):
+    """The fast counterpart of the slow example test: the same code on the tiny model."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import hf_generate
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    assert hf_generate.run(tiny, _tiny_tokenizer(), ["w5 w6 w7", "w20 w21 w22 w23"], max_new_tokens=6, paths=4,
+                           theta=0.5, initial_threshold=0.5, q=50.0, backend="torch") == 0
+    text = capsys.readouterr().out
+    for needle in ("EagerGenerateOutput", "same sequences: True", "EntropyMonitor", "entropies (top-20",
+                   "EAGer would branch at steps"):
+        assert needle in text, text
 
 
 # ---------------------------------------------------------------------------------------

@@ -238,7 +238,9 @@ def eager_generate(model, input_ids: torch.LongTensor, logits_processor=None, st
     streamer, logits processors / stopping criteria passed to the call, sampling flags
     passed to the call that contradict the config (do_sample, temperature) or that EAGer
     does not have (top_k, top_p, min_p, ...), output_scores/logits/attentions/hidden_states.
-    Values coming from the model's own generation config are no contradiction.
+    Values coming from the model's own generation config are no contradiction. (Through the
+    callable, generate() has already fed a streamer the prompt when the error is raised; the
+    custom_generate/ folder form refuses it before.)
 
     Returns an EagerGenerateOutput (a GenerateDecoderOnlyOutput) when
     return_dict_in_generate is set, else the `sequences` tensor alone.

@@ -137,9 +137,9 @@ class EntropyMonitor(LogitsProcessor):
 
     def record(self, scores: torch.Tensor, length: int) -> None:
         """Record one step of scores [rows, V] (a sequence of `length` tokens so far)."""
-        rows = scores.shape[0] if scores.dim() == 2 else -1
         if scores.dim() != 2:
             raise ValueError(f"scores: expected [rows, V], got shape {tuple(scores.shape)}")
+        rows = scores.shape[0]
         if self._rows is None:
             self._start(rows, length, scores.device)
         elif rows != self._rows or length != self._start_len + self.steps:
