@@ -81,9 +81,12 @@ def seed_cfg(**kw):
 
 
 def hf_eager(model, cfg, **kw):
+    """model.generate with eager_generate; max_new_tokens=None passes no length at all."""
     args = dict(input_ids=IDS, attention_mask=MASK, custom_generate=eager_generate, eager_config=cfg,
-                return_dict_in_generate=True)
+                return_dict_in_generate=True, max_new_tokens=getattr(cfg, "max_new_tokens", None))
     args.update(kw)
+    if args["max_new_tokens"] is None:
+        del args["max_new_tokens"]
     return model.generate(**args)
 
 
@@ -151,11 +154,11 @@ def test_lengths_and_eos_from_generate(tiny):
     assert torch.equal(got.sequences, expected_rows(ek.generate(tiny, IDS, cfg.replace(max_new_tokens=4),
                                                                 attention_mask=MASK))[0])
     # nothing passed: the config's
-    assert int(hf_eager(tiny, cfg).num_tokens.max()) == 9
+    assert int(hf_eager(tiny, cfg, max_new_tokens=None).num_tokens.max()) == 9
     # max_length passed: absolute, the prompt included
-    assert int(hf_eager(tiny, cfg, max_length=IDS.shape[1] + 3).num_tokens.max()) == 3
+    assert int(hf_eager(tiny, cfg, max_new_tokens=None, max_length=IDS.shape[1] + 3).num_tokens.max()) == 3
     with pytest.raises(ValueError, match="max_length"):
-        hf_eager(tiny, cfg, max_length=IDS.shape[1])
+        hf_eager(tiny, cfg, max_new_tokens=None, max_length=IDS.shape[1])
     # eos_token_id passed to the call ends the paths (when the config sets none)
     first = ek.generate(tiny, IDS, cfg, attention_mask=MASK)
     stop = first.results[0].answer.token_ids[2]
