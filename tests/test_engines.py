@@ -328,3 +328,29 @@ def test_real_smollm2_gguf():
     greedy = generate(engine, [ids], EagerConfig.seed_policy(max_new_tokens=12, max_paths_per_prompt=1, prune_to=1,
                                                              theta=1e9, initial_threshold=1e9))
     assert greedy.results[0].paths[0].token_ids == _llama_greedy(path, ids, 12)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+
+def test_cli_generate_llamacpp(tiny_gguf, capsys):
+    pytest.importorskip("llama_cpp", reason=NEEDS_LLAMA)
+    import eager_kernels.__main__ as cli
+
+    assert cli.main(["generate", "hello world", "--engine", "llamacpp", "--gguf", str(tiny_gguf), "--threads", "1",
+                     "--no-chat-template", "--max-new-tokens", "4", "--show", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "on llama.cpp" in text and "paths explored" in text and "forward passes    4" in text
+
+
+def test_cli_engine_errors(monkeypatch, tmp_path, capsys):
+    import eager_kernels.__main__ as cli
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    monkeypatch.setitem(sys.modules, "llama_cpp.llama_cpp", None)
+    assert cli.main(["generate", "hi", "--engine", "llamacpp", "--gguf", str(tmp_path / "x.gguf")]) == 2
+    assert "eager-kernels[llamacpp]" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--gguf needs --engine llamacpp"):
+        cli.main(["generate", "hi", "--engine", "transformers", "--gguf", str(tmp_path / "x.gguf")])
