@@ -21,7 +21,8 @@
     policy, the fused backend: the same prompt ids and settings as (c).
 (f) llama.cpp's own batched decode of the same rows: one llama_decode per step of (e) with
     that step's number of rows (no sampling, no path table): the anchor of (e).
-(g) the paper policy at M = 8 (T = 0.6, seed 0) on each engine, fused backend.
+(g) the paper policy at M = 8 (T = 0.6, seed 0) on each engine, fused backend (with
+    --engine both; with one engine its (g) row runs alone under --engine llamacpp).
 (a), (b) and (c) must choose the same answer (the run fails otherwise); (e) runs a
 quantised model and may differ.
 
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
     if run_llama:
         rows += _llama_rows(args, prompt_ids, T)
     paper_cfg = ek.EagerConfig.paper(max_new_tokens=T, max_paths_per_prompt=args.paper_m, backend=args.backend)
-    if run_tf:
+    if run_tf and run_llama:  # (g) compares the engines: only when both run
         from ..engines import TransformersEngine
         from .engines import eager_rows
 
