@@ -36,7 +36,6 @@ VOCAB, EOS = 160, 3
 PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 20, 21], [1, 30, 31, 32, 33, 34, 35, 36, 37]]
 ENGINES = ["transformers", "llamacpp"]
 FRESH_ATOL = {"transformers": 1e-4, "llamacpp": 1e-2}
-HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 NEEDS_LLAMA = "llama-cpp-python is not installed (the `llamacpp` extra)"
 
 
