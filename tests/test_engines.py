@@ -350,9 +350,10 @@ def test_cli_engine_errors(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     monkeypatch.setitem(sys.modules, "llama_cpp.llama_cpp", None)
     assert cli.main(["generate", "hi", "--engine", "llamacpp", "--gguf", str(tmp_path / "x.gguf")]) == 2
-    assert "eager-kernels[llamacpp]" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="--gguf needs --engine llamacpp"):
-        cli.main(["generate", "hi", "--engine", "transformers", "--gguf", str(tmp_path / "x.gguf")])
+    err = capsys.readouterr().err
+    assert err.startswith("eager-kernels generate: error: the llama.cpp engine") and "eager-kernels[llamacpp]" in err
+    assert cli.main(["generate", "hi", "--engine", "transformers", "--gguf", str(tmp_path / "x.gguf")]) == 2
+    assert "--gguf needs --engine llamacpp" in capsys.readouterr().err
 
 
 @pytest.mark.slow
