@@ -3,11 +3,13 @@ against one amax pass and the plain torch step measured in the same run.
 
     python benchmarks/bench_cpu_isa.py [--isa avx512 avx2 scalar] [--dist randn3 peaked]
         [--dtype float32 bfloat16] [--shapes 8x152064 1x32000] [--repeats 3] [--threads N]
+        [--stat median|min]
 
 For every (dist, dtype, shape): one `logits.amax(-1)` pass (the read floor), the plain torch
 step (benchmarking.plain_torch_step, T=0.6) and, per tier, `eager_step(backend="cpu")`
 sampling (T=0.6) and greedy (T=0), k=4, top-20 entropy, q=99, theta=2. Each time is a
-median (benchmarking.time_fn); the whole set is measured --repeats times and the summary
+median (benchmarking.time_stats; --stat min takes the fastest run instead, steadier on a loaded
+machine); the whole set is measured --repeats times and the summary
 gives the median over the repeats of each time and of each ratio (ratios are taken within
 one repeat, so machine load moves both sides). At B=1 it also times the Python wrapper:
 `ek.eager_step` against the extension's `_C.eager_step` called directly with the same
@@ -76,18 +78,23 @@ class _Case:
 
 def _measure(args, tiers, repeat, log):
     """One repeat: a dict (dist, dtype, B, V) -> times in seconds."""
+    pick = 0 if args.stat == "median" else 1
+
+    def time_fn(fn, min_runs):
+        return bm.time_stats(fn, min_runs=min_runs)[pick]
+
     out = {}
     for dist in args.dist:
         for dtype in args.dtype:
             for rows, vocab in args.shapes:
                 case = _Case(dist, dtype, rows, vocab)
-                t = {"amax": bm.time_fn(case.amax(), min_runs=50), "plain": bm.time_fn(case.plain(), min_runs=10)}
+                t = {"amax": time_fn(case.amax(), min_runs=50), "plain": time_fn(case.plain(), min_runs=10)}
                 for tier in tiers:
                     _C.set_isa(tier)
-                    t[tier, "sample"] = bm.time_fn(case.step(TEMPERATURE), min_runs=30)
-                    t[tier, "greedy"] = bm.time_fn(case.step(0.0), min_runs=30)
+                    t[tier, "sample"] = time_fn(case.step(TEMPERATURE), min_runs=30)
+                    t[tier, "greedy"] = time_fn(case.step(0.0), min_runs=30)
                     if rows == 1:
-                        t[tier, "direct"] = bm.time_fn(case.direct(TEMPERATURE), min_runs=100)
+                        t[tier, "direct"] = time_fn(case.direct(TEMPERATURE), min_runs=100)
                 _C.set_isa("auto")
                 out[dist, dtype, rows, vocab] = t
                 for tier in tiers:
@@ -120,6 +127,8 @@ def main(argv=None):
     p.add_argument("--shapes", nargs="+", type=_shape, default=[(8, 152064), (1, 32000)], metavar="BxV")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="each time: the median of the runs (default) or the minimum (steadier on a loaded machine)")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats: expected >= 1")
@@ -136,7 +145,7 @@ def main(argv=None):
     print(f"# {env['device']} ({'+'.join(flags) or 'no AVX2'}), {env['threads']} threads, torch {env['torch']}, "
           f"{env['date']}, load {os.getloadavg()[0]:.2f}; auto tier here: {_C.isa()}; tiers forced with _C.set_isa")
     print(f"# eager_step k={K}, top-{TOP_K} entropy, sampling T={TEMPERATURE} / greedy T=0; plain = "
-          "benchmarking.plain_torch_step (T=0.6); times: medians in us; ns/el = sampling step per logit; "
+          f"benchmarking.plain_torch_step (T=0.6); times: {args.stat}s in us; ns/el = sampling step per logit; "
           "wrapper = ek.eager_step - _C.eager_step (B=1)")
     header = (f"{'run':>6} {'dist':>6} {'dtype':>8} {'B':>2} {'V':>6} {'tier':>6} {'amax':>7} {'sampling':>8} "
               f"{'greedy':>7} {'plain':>8} {'s/amax':>7} {'g/amax':>7} {'pl/smp':>7} {'ns/el':>6} {'wrapper':>8}")
