@@ -34,6 +34,15 @@ constexpr float kLog2ELo = 1.92596299e-8f;
 constexpr float kExp2Poly[7] = {1.535336188e-4f, 1.339887440e-3f, 9.618437357e-3f, 5.550332471e-2f,
                                 2.402264791e-1f, 6.931472028e-1f, 1.0f};
 
+// log(x) for positive normal x (Cephes logf) of the vector kernels: x = 2^e m with m in
+// (sqrt(1/2), sqrt(2)], f = m - 1, log x = f - f^2/2 + f^3 P(f) + e ln 2 (ln 2 split in
+// kLn2Hi + kLn2Lo); P's coefficients highest first. About 1 ulp.
+constexpr float kLogPoly[9] = {7.0376836292e-2f, -1.1514610310e-1f, 1.1676998740e-1f,
+                               -1.2420140846e-1f, 1.4249322787e-1f, -1.6668057665e-1f,
+                               2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f};
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
+
 enum ElemKind { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
 struct ChunkParams {
@@ -70,12 +79,13 @@ bool avx512_cpu_supported();
 void avx512_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
                      uint32_t ctr3, float* out);
 
-// Portable kernels (csrc/kernels_scalar.cpp).
+// AVX2 + FMA + F16C kernels (csrc/kernels_avx2.cpp); nullptr when not built.
 ChunkFn avx2_chunk_fn(int elem_kind, int sums);
 bool avx2_cpu_supported();
 void avx2_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
                    uint32_t ctr3, float* out);
 
+// Portable kernels (csrc/kernels_scalar.cpp).
 ChunkFn scalar_chunk_fn(int elem_kind, int sums);
 void scalar_uniforms(uint32_t row, int64_t cols, uint32_t key0, uint32_t key1, uint32_t ctr2,
                      uint32_t ctr3, float* out);

@@ -79,8 +79,8 @@ EK_INLINE __m512 exp_nonpos(__m512 d) {
   return _mm512_scalef_ps(p, n);
 }
 
-// log(x) for positive normal x (Cephes logf): mantissa in (sqrt(1/2), sqrt(2)], a
-// degree-8 polynomial; about 1 ulp, and accurate relative to the result near x = 1.
+// log(x) for positive normal x (Cephes logf, kLogPoly in eager_cpu.h): mantissa in
+// (sqrt(1/2), sqrt(2)]; about 1 ulp, and accurate relative to the result near x = 1.
 EK_INLINE __m512 log_pos(__m512 x) {
   const __m512i xi = _mm512_castps_si512(x);
   __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(xi, 23), _mm512_set1_epi32(127));
@@ -92,20 +92,13 @@ EK_INLINE __m512 log_pos(__m512 x) {
   const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
   const __m512 fe = _mm512_cvtepi32_ps(e);
   const __m512 z = _mm512_mul_ps(f, f);
-  __m512 p = _mm512_set1_ps(7.0376836292e-2f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.1514610310e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.1676998740e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.2420140846e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.4249322787e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-1.6668057665e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.0000714765e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-2.4999993993e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(3.3333331174e-1f));
+  __m512 p = _mm512_set1_ps(kLogPoly[0]);
+  for (int i = 1; i < 9; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kLogPoly[i]));
   __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, f), z);
-  y = _mm512_fmadd_ps(fe, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fmadd_ps(fe, _mm512_set1_ps(kLn2Lo), y);
   y = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, y);
   __m512 r = _mm512_add_ps(f, y);
-  return _mm512_fmadd_ps(fe, _mm512_set1_ps(0.693359375f), r);
+  return _mm512_fmadd_ps(fe, _mm512_set1_ps(kLn2Hi), r);
 }
 
 // ---- Philox for 16 consecutive counters (64 columns) ------------------------------------

@@ -3,8 +3,9 @@
 // - The row pass (run_pass) splits each row into chunks whose layout depends only on the
 //   shape (B, V), runs one chunk kernel per chunk in parallel (at::parallel_for), and merges
 //   the chunks of each row in column order: results never depend on the thread count.
-// - The chunk kernel is AVX-512 when the CPU has it (kernels_avx512.cpp), else portable
-//   C++ (kernels_scalar.cpp); EAGER_KERNELS_CPU_ISA=scalar forces the portable one.
+// - The chunk kernel is AVX-512 when the CPU has it (kernels_avx512.cpp), else AVX2 + FMA +
+//   F16C (kernels_avx2.cpp), else portable C++ (kernels_scalar.cpp); EAGER_KERNELS_CPU_ISA=
+//   avx2 / scalar or _C.set_isa forces a tier.
 // - Registered for the CPU dispatch key against the schemas eager_kernels/_registry.py
 //   defines, and bound with pybind11 for the direct (no dispatcher) path.
 #include <torch/extension.h>

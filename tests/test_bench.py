@@ -143,3 +143,39 @@ def test_tune_triton_script_runs(tmp_path, capsys):
     rows = _read(out)
     assert [(r["block"], r["num_warps"]) for r in rows] == [("64", "4"), ("128", "4")]
     assert "# best at B=2" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not ek.cpu_extension_available(), reason="C++ extension not built")
+def test_bench_cpu_isa_script_runs(monkeypatch, capsys):
+    """benchmarks/bench_cpu_isa.py calls every timed function once per tier and prints a
+    row per (run, dist, dtype, shape, tier) and the summary (times faked: no timing here)."""
+    from eager_kernels import _C
+
+    _C.set_isa("auto")
+    auto = _C.isa()
+    spec = importlib.util.spec_from_file_location(
+        "bench_cpu_isa", Path(__file__).parent.parent / "benchmarks" / "bench_cpu_isa.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calls = []
+
+    def fake_stats(fn, **kw):
+        calls.append(fn())
+        return 2e-6, 1e-6, 1
+
+    monkeypatch.setattr(bm, "time_stats", fake_stats)
+    tiers = [t for t, ok in (("avx512", _C.avx512_supported()), ("avx2", _C.avx2_supported()), ("scalar", True)) if ok]
+    mod.main(["--shapes", "2x300", "1x97", "--dist", "randn3", "peaked", "--dtype", "float32", "bfloat16",
+              "--repeats", "2", "--stat", "min"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["#1"], ["#2"], ["median"])]
+    assert len(rows) == 3 * 2 * 2 * 2 * len(tiers)
+    assert {r[5] for r in rows} == set(tiers)
+    for r in rows:
+        assert r[10] == "1.0x" and r[11] == "1.0x" and r[12] == "1.0x"  # 1 us over 1 us: the minimum was picked
+        assert (r[14] == "0.0") if r[3] == "1" else (r[14] == "-")
+    # per repeat and case: amax, plain, then per tier sampling, greedy (+ the direct call at B = 1)
+    assert len(calls) == 2 * (8 * (2 + 2 * len(tiers)) + 4 * len(tiers))
+    assert _C.isa() == auto  # the tier choice is restored
+    with pytest.raises(SystemExit):
+        mod.main(["--shapes", "8by10"])
