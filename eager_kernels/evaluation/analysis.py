@@ -128,8 +128,10 @@ def entropy_profile(records: list, max_len: Optional[int] = None) -> dict:
 
 
 def branching(records: list, max_paths: int, theta: Optional[float] = None) -> dict:
-    """Where one method branched: events, their positions (quartiles), problems whose tree
-    hit the cap M, and (with theta) the share of generated positions above theta."""
+    """Where one method branched: events, their positions (quartiles), problems with more
+    than one path and with M paths or more (for parallel sampling: all, by construction;
+    for EAGer: the trees that hit the cap), and (with theta) the share of generated
+    positions above theta."""
     if not records:
         return {"problems": 0}
     pos = branch_positions(records)

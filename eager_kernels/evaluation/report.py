@@ -76,7 +76,7 @@ def paired_text(name_a: str, name_b: str, p: dict) -> str:
 def branching_table(stats: dict) -> str:
     """stats: method -> analysis.branching(...)."""
     head = ("| method | problems | paths | branch events | branch position q1 / median / q3 | "
-            "problems branched | problems at cap M | mean entropy | share of positions > θ | "
+            "problems with > 1 path | problems with M paths | mean entropy | share of positions > θ | "
             "mean path tokens | paths ended by EOS |")
     lines = [head, "|---|" + "---:|" * 10]
     for m, b in stats.items():
@@ -111,15 +111,16 @@ def plot_pass_vs_tokens(rows: list, path, *, title: str) -> Path:
             points.setdefault((r["tokens"], r["pass_at_k"], r["sequences_per_prompt"]), []).append(r["method"])
     cis = {(r["tokens"], r["pass_at_k"], r["sequences_per_prompt"]): r.get("pass_at_k_ci")
            for r in rows if r.get("prompts")}
-    for (tokens, pass_k, seq), names in points.items():
+    for i, ((tokens, pass_k, seq), names) in enumerate(points.items()):
         x, y = tokens, 100 * pass_k
+        color = f"C{i % 10}"
         ci = cis.get((tokens, pass_k, seq))
         if ci:  # the 95% bootstrap interval over problems
             ax.errorbar([x], [y], yerr=[[y - 100 * ci[0]], [100 * ci[1] - y]], fmt="none", capsize=4,
-                        alpha=0.6, zorder=2)
-        ax.scatter([x], [y], s=60, zorder=3)
-        ax.annotate(f"{' = '.join(names)} ({seq:.1f} seq/prompt)", (x, y),
-                    textcoords="offset points", xytext=(6, 5), fontsize=8)
+                        alpha=0.6, zorder=2, color=color)
+        ax.scatter([x], [y], s=60, zorder=3, color=color)
+        ax.annotate(f"{' = '.join(names)} ({seq:.1f} seq/prompt)", (x, y),  # labels alternate above / below
+                    textcoords="offset points", xytext=(6, 5 if i % 2 == 0 else -12), fontsize=8)
     ax.set_xlabel("tokens generated (all prompts)")
     ax.set_ylabel("Pass@k (%)" + (", 95% bootstrap CI" if any(cis.values()) else ""))
     ax.set_title(title, fontsize=10)
