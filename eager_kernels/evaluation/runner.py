@@ -1,4 +1,9 @@
-"""Running the methods on the task suite, one generate() call per batch of prompts.
+"""Running the methods on a suite, one generate() call per batch of prompts.
+
+The suite (suites.py: the arithmetic suite, GSM8K or a JSONL) gives the problems, each
+problem's prompt token ids and the judge of a path's text; the model is whatever
+eager_kernels.generate takes (a transformers model, or an engine object), passed straight
+through by Evaluator._call, the one place generate() is called.
 
 Methods (all at the same cap M = max_paths paths per prompt):
 
