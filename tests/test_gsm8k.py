@@ -102,6 +102,12 @@ def test_build_suite_dataset_needs_path():
     ("She earns 18 dollars.\n\nAnswer: 9", False),  # the answer line wins over earlier numbers
     ("x = 18\nAnswer: 17", False),
     ("18 is close but 180", False),
+    ("The answer is 18 dollars.", True),
+    ("\\boxed{18}", True),
+    # stated nowhere: not credited, even when a number in the text equals the gold (the
+    # pilot's false positive: a path cut at max_new_tokens mid-sentence)
+    ("She feeds her 18 chickens. The total amount of feed is the sum of the feed given to", False),
+    ("She makes 18 dollars.", False),
     ("no number here", False),
     ("", False),
 ])
@@ -111,7 +117,16 @@ def test_verify_answer(text, ok):
 
     pred, correct = verify_answer("18", text)
     assert correct is ok
-    assert (pred is None) == (text in ("", "no number here"))
+    assert (pred is None) == (not ok and "Answer" not in text)
+
+
+def test_verify_answer_unanchored():
+    _mv()
+    from eager_kernels.evaluation.suites import verify_answer
+
+    text = "She feeds her 18 chickens. The total amount of feed is the sum of the feed given to"
+    assert verify_answer("18", text, anchored=False)[1]  # why the judge is anchored
+    assert not verify_answer("18", text)[1]
 
 
 def test_verify_answer_large_and_off_main_thread():

@@ -17,8 +17,13 @@ GSM8K protocol (QASuite with the shipped data, `gsm8k_suite`):
   answer on the last line as "Answer: <number>").
 - Gold: the number after the last "####" of the answer field (thousands commas removed).
 - Judge: math_verify.parse(text) against math_verify.parse(gold), math_verify.verify; a
-  path is correct when verify says so. math-verify's timeouts use signals, which only work
-  in the main thread: off the main thread both timeouts are passed as None.
+  path is correct when verify says so. The path's answer must be stated ("Answer: 18",
+  "the answer is 18", "final answer: 18", \boxed{18}): parse runs with
+  try_extract_without_anchor=False, so a path cut off mid-reasoning is not credited with
+  a number that happens to stand in its text (the pilot's "...feed to her 20 chickens. The
+  total ... given to" read as 20 = the gold with math-verify's default, which reads
+  unanchored numbers too). math-verify's timeouts use signals, which only work in the main
+  thread: off the main thread both timeouts are passed as None.
 
 The data are read from the package (eager_kernels/evaluation/data/gsm8k), never from the
 network.
@@ -78,14 +83,21 @@ def _timeout(seconds: int) -> Optional[int]:
     return seconds if threading.current_thread() is threading.main_thread() else None
 
 
-def verify_answer(gold: str, text: Optional[str]) -> tuple:
+def verify_answer(gold: str, text: Optional[str], *, anchored: bool = True) -> tuple:
     """(pred, correct): math-verify's reading of `text` (its extracted string, or None) and
-    whether it equals `gold`."""
+    whether it equals `gold`. anchored: only an answer the text states counts (math-verify's
+    anchors: "answer:", "answer is", "final answer", \boxed); False: math-verify's default,
+    which also reads unanchored numbers."""
     if not text:
         return None, False
     mv = _math_verify()
     g = mv.parse(str(gold), parsing_timeout=_timeout(5))
-    p = mv.parse(text, parsing_timeout=_timeout(5))
+    if anchored:
+        cfg = [mv.LatexExtractionConfig(try_extract_without_anchor=False),
+               mv.ExprExtractionConfig(try_extract_without_anchor=False)]
+        p = mv.parse(text, extraction_config=cfg, parsing_timeout=_timeout(5))
+    else:
+        p = mv.parse(text, parsing_timeout=_timeout(5))
     if not p:
         return None, False
     pred = str(p[-1]) if isinstance(p[-1], str) else str(p[0])
@@ -210,8 +222,8 @@ class QASuite:
         return verify_answer(task.answer, text)
 
     def fingerprint(self) -> str:
-        """Covers the gold answers (the prompt token ids cover the questions)."""
-        h = hashlib.sha1(json.dumps([self.name, [t.answer for t in self.tasks]]).encode())
+        """Covers the gold answers and the judge (the prompt token ids cover the questions)."""
+        h = hashlib.sha1(json.dumps([self.name, "math-verify-anchored", [t.answer for t in self.tasks]]).encode())
         return h.hexdigest()[:16]
 
 
