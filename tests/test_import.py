@@ -8,6 +8,7 @@ def test_import_is_lean():
         "import sys, time; t = time.time(); import eager_kernels, torch; "
         "assert 'triton' not in sys.modules, 'triton imported at package import'; "
         "assert not torch.cuda.is_initialized(); "
+        "assert 'eager_kernels.hf' not in sys.modules and 'transformers' not in sys.modules; "
         "print(time.time() - t)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -400,7 +400,8 @@ def test_cli_generate(smollm2, capsys, monkeypatch):
     import eager_kernels.__main__ as cli
 
     monkeypatch.setattr(cli, "_load", lambda model_dir: (*smollm2, "SmolLM2 (test)", 0.0))
-    assert cli.main(["generate", "What is 17 + 25?", "--max-new-tokens", "2", "--show", "2"]) == 0
+    assert cli.main(["generate", "What is 17 + 25?", "--max-new-tokens", "2", "--show", "2",
+                     "--engine", "transformers"]) == 0
     text = capsys.readouterr().out
     for needle in ("paths explored", "branched at", "Answer", "tokens generated", "forward passes", "decode"):
         assert needle in text

@@ -1,7 +1,10 @@
-"""Decode benchmark: EAGer on SmolLM2-135M-Instruct, per generated token, four ways.
+"""Decode benchmark: EAGer on SmolLM2-135M-Instruct, per generated token, on both engines.
 
     eager-kernels bench --decode [--max-new-tokens 32] [--repeats 3] [--threads N]
+                                 [--engine both|transformers|llamacpp] [--weight-type f16]
                                  [--skip-practitioner] [--csv benchmarks/results/decode.csv]
+    eager-kernels bench --decode --step-table [--threads 1]   (one decode step of R rows,
+                                 transformers vs llama_decode in each GGUF weight type)
 
 (a) The practitioner loop, seed policy, greedy, as usually written: one path at a time;
     every step re-runs the model on the whole sequence (no KV cache); .item() per token;
@@ -14,7 +17,14 @@
 (c) eager_kernels.generate, seed policy, the fused backend ("auto": the C++ kernels).
 (d) model.generate(do_sample=True, num_return_sequences=N, max_new_tokens=T) with N = the
     number of paths eager_kernels.generate returned: as many sequences and new tokens.
-(a), (b) and (c) must choose the same answer (the run fails otherwise).
+(e) eager_kernels.generate on the llama.cpp engine (the default GGUF weight type), seed
+    policy, the fused backend: the same prompt ids and settings as (c).
+(f) llama.cpp's own batched decode of the same rows: one llama_decode per step of (e) with
+    that step's number of rows (no sampling, no path table): the anchor of (e).
+(g) the paper policy at M = 8 (T = 0.6, seed 0) on each engine, fused backend (with
+    --engine both; with one engine its (g) row runs alone under --engine llamacpp).
+(a), (b) and (c) must choose the same answer (the run fails otherwise); (e) runs a
+quantised model and may differ.
 
 Prints a table (wall time, process CPU time, tokens, ms per generated token; --threads 1
 gives steady figures on a machine shared with other jobs) and appends one row per method to
@@ -38,8 +48,9 @@ from .. import benchmarking as bm
 
 PROMPT = "What is 17 + 25?"
 RESULTS = Path("benchmarks") / "results" / "decode.csv"
-FIELDS = ["date", "cpu", "threads", "torch", "transformers", "load_avg", "max_new_tokens", "method", "seconds_median",
-          "seconds_best", "cpu_seconds_median", "sequences", "tokens", "ms_per_token", "forwards", "answer"]
+FIELDS = ["date", "cpu", "threads", "torch", "transformers", "load_avg", "max_new_tokens", "method", "engine",
+          "seconds_median", "seconds_best", "cpu_seconds_median", "sequences", "tokens", "ms_per_token", "forwards",
+          "forks", "decode_inside_s", "answer"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,10 +125,30 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-practitioner", action="store_true", help="leave out (a), which takes about a minute")
     ap.add_argument("--csv", default=str(RESULTS))
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads for every method (default: torch's); 1 is steadier on a shared machine")
+                    help="torch and llama.cpp threads for every method (default: torch's); 1 is steadier on a "
+                         "shared machine")
+    ap.add_argument("--engine", choices=["both", "transformers", "llamacpp"], default=None,
+                    help="which engines' EAGer rows to run (default: both when llama-cpp-python is installed)")
+    ap.add_argument("--weight-type", default=None, help="GGUF weight type of the llama.cpp rows (default: "
+                    "models.GGUF_WEIGHT_TYPE)")
+    ap.add_argument("--paper-m", type=int, default=8, help="M of the paper-policy rows (g) (default 8)")
+    ap.add_argument("--step-table", action="store_true",
+                    help="only the per-step table: one decode step of 1, 8, 32 rows on each engine / weight type")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.step_table:
+        return _print_step_table(args)
+    from ..engines.select import llama_cpp_installed
+
+    engine_choice = args.engine or ("both" if llama_cpp_installed() else "transformers")
+    if engine_choice != "transformers" and not llama_cpp_installed():
+        from ..engines.llamacpp import EXTRA_HINT
+
+        print(f"bench --decode --engine {engine_choice}: {EXTRA_HINT}", file=sys.stderr)
+        return 2
+    run_tf = engine_choice in ("both", "transformers")
+    run_llama = engine_choice in ("both", "llamacpp")
 
     import transformers
 
@@ -135,23 +166,40 @@ def main(argv=None) -> int:
         model(input_ids=torch.tensor([prompt_ids]))  # warm-up (oneDNN initialisation)
 
     n_paths = None
-    for backend, label in (("torch", "(b) eager_kernels.generate, backend torch"),
-                           (args.backend, f"(c) eager_kernels.generate, backend {args.backend} ({fused})")):
+    tf_methods = (("torch", "(b) eager_kernels.generate, backend torch"),
+                  (args.backend, f"(c) eager_kernels.generate, backend {args.backend} ({fused})")) if run_tf else ()
+    for backend, label in tf_methods:
         cfg = ek.EagerConfig.seed_policy(max_new_tokens=T, backend=backend)
         ek.generate(model, [prompt_ids], cfg.replace(max_new_tokens=2))  # warm-up
         med, best, cpu, out = _timed(lambda: ek.generate(model, [prompt_ids], cfg, tokenizer=tok), args.repeats)
         n_paths = len(out.results[0].paths)
-        rows.append(dict(method=label, seconds=med, best_s=best, cpu_s=cpu, sequences=n_paths,
+        rows.append(dict(method=label, engine="transformers", seconds=med, best_s=best, cpu_s=cpu, sequences=n_paths,
                          tokens=out.metrics.tokens_generated, forwards=out.metrics.forward_passes,
-                         answer=out.results[0].answer.text))
+                         forks=out.metrics.branch_events, answer=out.results[0].answer.text))
 
-    if not args.skip_practitioner:
+    if run_llama:
+        rows += _llama_rows(args, prompt_ids, T)
+    paper_cfg = ek.EagerConfig.paper(max_new_tokens=T, max_paths_per_prompt=args.paper_m, backend=args.backend)
+    if run_tf and run_llama:  # (g) compares the engines: only when both run
+        from ..engines import TransformersEngine
+        from .engines import eager_rows
+
+        r = eager_rows(TransformersEngine(model, tok), prompt_ids, paper_cfg, args.repeats)
+        rows.append(dict(method=f"(g) paper policy M={args.paper_m}, transformers", engine="transformers",
+                         cpu_s=float("nan"), **_row(r)))
+    if run_llama:
+        rows.append(_llama_paper_row(args, prompt_ids, paper_cfg))
+
+    if run_tf and not args.skip_practitioner:
         t0, c0 = time.perf_counter(), time.process_time()
         pbest, ppaths, pfwd, ptok = practitioner_eager(model, prompt_ids, max_new_tokens=T, eos_token_id=tok.eos_token_id)
         pt, pc = time.perf_counter() - t0, time.process_time() - c0
         rows.insert(0, dict(method="(a) practitioner loop (no KV cache, one path at a time)", seconds=pt, best_s=pt,
                             cpu_s=pc, sequences=len(ppaths), tokens=ptok, forwards=pfwd,
                             answer=tok.decode(pbest["tokens"], skip_special_tokens=True)))
+
+    if not run_tf:
+        return _report(args, rows, T)
 
     def hf():
         torch.manual_seed(0)
@@ -163,8 +211,16 @@ def main(argv=None) -> int:
     hmed, hbest, hcpu, hout = _timed(hf, args.repeats)
     gen = hout[:, len(prompt_ids):]
     hf_tokens = int((gen != tok.pad_token_id).sum()) + int((gen == tok.eos_token_id).any(1).sum())
-    rows.append(dict(method=f"(d) transformers generate (sampling, {n_paths} sequences)", seconds=hmed, best_s=hbest,
-                     cpu_s=hcpu, sequences=n_paths, tokens=hf_tokens, forwards=T, answer="-"))
+    rows.append(dict(method=f"(d) transformers generate (sampling, {n_paths} sequences)", engine="transformers",
+                     seconds=hmed, best_s=hbest, cpu_s=hcpu, sequences=n_paths, tokens=hf_tokens, forwards=T,
+                     answer="-"))
+    return _report(args, rows, T)
+
+
+def _report(args, rows, T) -> int:
+    import transformers
+
+    rows.sort(key=lambda r: r["method"][:3])  # (a) .. (g), in the order of the docstring
     for r in rows:
         r["ms_per_token"] = 1e3 * r["seconds"] / max(1, r["tokens"])
 
@@ -173,12 +229,17 @@ def main(argv=None) -> int:
           f"transformers {transformers.__version__}, {torch.get_num_threads()} threads, {bm.cpu_name()}, "
           f"load average {load:.2f} at the end")
     print(f"{'method':<60} {'wall s':>7} {'best s':>7} {'CPU s':>7} {'seqs':>5} {'tokens':>6} {'ms/tok':>7} "
-          f"{'fwd':>4}  answer")
+          f"{'tok/s':>7} {'fwd':>4} {'forks':>5}  answer")
     for r in rows:
         print(f"{r['method']:<60} {r['seconds']:>7.2f} {r['best_s']:>7.2f} {r['cpu_s']:>7.2f} {r['sequences']:>5} "
-              f"{r['tokens']:>6} {r['ms_per_token']:>7.2f} {r['forwards']:>4}  {r['answer']!r}")
+              f"{r['tokens']:>6} {r['ms_per_token']:>7.2f} {1e3 / r['ms_per_token']:>7.1f} {r['forwards']:>4} "
+              f"{r.get('forks', ''):>5}  {_short_answer(r['answer'])!r}")
     by = {r["method"][:3]: r for r in rows}
-    ok = by["(b)"]["answer"] == by["(c)"]["answer"]
+    by.update({r["method"]: r for r in rows})
+    ok = _engine_summary(by, args)
+    if "(b)" not in by:
+        return _write_csv(args, rows, T, load) or (0 if ok else 1)
+    ok &= by["(b)"]["answer"] == by["(c)"]["answer"]
     print(f"\nper generated token: (c) is {by['(b)']['ms_per_token'] / by['(c)']['ms_per_token']:.2f}x faster than "
           f"(b) (same answer: {ok}); (c) / (d) = {by['(c)']['ms_per_token'] / by['(d)']['ms_per_token']:.2f}x the "
           "time per token of transformers generate")
@@ -190,6 +251,12 @@ def main(argv=None) -> int:
         ok &= same
     if not ok:
         print("ERROR: the methods chose different answers", file=sys.stderr)
+    _write_csv(args, rows, T, load)
+    return 0 if ok else 1
+
+
+def _write_csv(args, rows, T, load):
+    import transformers
 
     path = Path(args.csv)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,11 +274,104 @@ def main(argv=None) -> int:
         for r in rows:
             w.writerow(dict(date=stamp, cpu=bm.cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__,
                             transformers=transformers.__version__, load_avg=f"{load:.2f}", max_new_tokens=T,
-                            method=r["method"], seconds_median=f"{r['seconds']:.3f}", seconds_best=f"{r['best_s']:.3f}",
-                            cpu_seconds_median=f"{r['cpu_s']:.3f}", sequences=r["sequences"], tokens=r["tokens"],
-                            ms_per_token=f"{r['ms_per_token']:.3f}", forwards=r["forwards"], answer=r["answer"]))
+                            method=r["method"], engine=r.get("engine", ""), seconds_median=f"{r['seconds']:.3f}",
+                            seconds_best=f"{r['best_s']:.3f}", cpu_seconds_median=f"{r['cpu_s']:.3f}",
+                            sequences=r["sequences"], tokens=r["tokens"], ms_per_token=f"{r['ms_per_token']:.3f}",
+                            forwards=r["forwards"], forks=r.get("forks", ""),
+                            decode_inside_s=f"{r['decode_inside_s']:.3f}" if "decode_inside_s" in r else "",
+                            answer=r["answer"]))
     print(f"wrote {path}")
-    return 0 if ok else 1
+    return 0
+
+
+def _short_answer(text):
+    text = text if isinstance(text, str) else str(text)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _row(r: dict) -> dict:
+    keep = ("seconds", "best_s", "tokens", "forks", "sequences", "forwards", "answer")
+    out = {k: r[k] for k in keep}
+    if r.get("decode_inside_s") == r.get("decode_inside_s"):  # not NaN
+        out["decode_inside_s"] = r["decode_inside_s"]
+    return out
+
+
+def _llama_engine(args):
+    from ..engines import LlamaCppEngine
+    from ..models import GGUF_WEIGHT_TYPE, default_gguf_path
+
+    wt = args.weight_type or GGUF_WEIGHT_TYPE
+    return LlamaCppEngine(default_gguf_path(wt), n_threads=args.threads or torch.get_num_threads()), wt
+
+
+def _llama_rows(args, prompt_ids, T) -> list:
+    """(e) EAGer on llama.cpp, seed policy, and (f) llama.cpp's own decode of the same rows."""
+    import eager_kernels as ek
+
+    from .engines import eager_rows, llama_anchor
+
+    engine, wt = _llama_engine(args)
+    cfg = ek.EagerConfig.seed_policy(max_new_tokens=T, backend=args.backend)
+    c0 = time.process_time()
+    r = eager_rows(engine, prompt_ids, cfg, args.repeats)
+    cpu = (time.process_time() - c0) / (args.repeats + 1)
+    e = dict(method=f"(e) eager_kernels.generate on llama.cpp {wt.upper()}, seed policy", engine="llamacpp",
+             cpu_s=cpu, **_row(r))
+    anchor = llama_anchor(engine, prompt_ids, r["rows_per_step"], args.repeats)
+    f = dict(method=f"(f) llama.cpp's own llama_decode of the same rows ({r['steps']} steps)", engine="llamacpp",
+             seconds=anchor, best_s=anchor, cpu_s=float("nan"), sequences=r["sequences"], tokens=r["tokens"],
+             forwards=r["steps"], forks=0, answer="-", decode_inside_s=anchor)
+    engine.close()
+    return [e, f]
+
+
+def _llama_paper_row(args, prompt_ids, cfg) -> dict:
+    from .engines import eager_rows
+
+    engine, wt = _llama_engine(args)
+    r = eager_rows(engine, prompt_ids, cfg, args.repeats)
+    engine.close()
+    return dict(method=f"(g) paper policy M={cfg.max_paths_per_prompt}, llama.cpp {wt.upper()}", engine="llamacpp",
+                cpu_s=float("nan"), **_row(r))
+
+
+def _engine_summary(by: dict, args) -> bool:
+    """The engine goals: (c)/(e) per token >= 2.5x, paper M=8 transformers/llama.cpp per
+    token >= 4x, (e)'s decode time within 1.3x of (f). Printed, not enforced."""
+    e = by.get("(e)")
+    if e is None:
+        return True
+    f = by["(f)"]
+    inside = e.get("decode_inside_s", float("nan"))
+    print(f"\nllama.cpp EAGer (e): {1e3 / e['ms_per_token']:.1f} tokens/s, {e['forks']} forks, "
+          f"{e['seconds']:.2f} s per call of which {inside:.2f} s inside llama_decode: "
+          f"{100 * (1 - inside / e['seconds']):.0f}% of the time outside llama_decode; "
+          f"(e) / (f) = {e['seconds'] / f['seconds']:.2f}x llama.cpp's own decode of the same rows (goal <= 1.3x)")
+    if "(c)" in by:
+        print(f"per generated token, seed policy: transformers (c) / llama.cpp (e) = "
+              f"{by['(c)']['ms_per_token'] / e['ms_per_token']:.2f}x (goal >= 2.5x)")
+    gp = [r for k, r in by.items() if k.startswith("(g) paper")]
+    if len(gp) == 2:
+        tf, ll = gp
+        print(f"per generated token, paper policy M={args.paper_m}: transformers / llama.cpp = "
+              f"{tf['ms_per_token'] / ll['ms_per_token']:.2f}x (goal >= 4x)")
+    return True
+
+
+def _print_step_table(args) -> int:
+    from .engines import STEP_ROWS, step_table
+
+    threads = args.threads or torch.get_num_threads()
+    load0 = os.getloadavg()[0]
+    table = step_table(threads, repeats=max(5, args.repeats))
+    print(f"\none decode step of R rows, ~50 tokens of context, SmolLM2-135M-Instruct, {threads} threads, "
+          f"{bm.cpu_name()}, load average {load0:.2f} -> {os.getloadavg()[0]:.2f}; median wall ms (median process "
+          "CPU ms)")
+    print(f"{'engine':<30}" + "".join(f"{'R = ' + str(r):>22}" for r in STEP_ROWS))
+    for name, res in table:
+        print(f"{name:<30}" + "".join(f"{res[r][0]:>12.1f} ({res[r][1]:>6.1f})" for r in STEP_ROWS))
+    return 0
 
 
 if __name__ == "__main__":

@@ -381,6 +381,11 @@ def main(argv=None) -> int:
     ap.add_argument("--replot", metavar="CSV", default=None,
                     help="measure nothing: redraw the plots of a CSV this command wrote (beside it)")
     args = ap.parse_args(argv)
+    for name in ("rows", "vocab", "min_runs", "threads"):
+        values = getattr(args, name, None)
+        values = values if isinstance(values, list) else [values] if values is not None else []
+        if any(v < 1 for v in values):
+            ap.error(f"--{name.replace('_', '-')}: expected positive integers, got {getattr(args, name)}")
     if args.replot:
         for path in plot(read_csv(args.replot), os.path.splitext(args.replot)[0]):
             print(f"# wrote {path}")

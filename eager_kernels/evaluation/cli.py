@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default=d.backend)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is often faster on a machine shared with other jobs)")
+    p.add_argument("--engine", choices=["auto", "transformers", "llamacpp"], default="auto",
+                   help="inference stack (default auto: llama.cpp when installed, else transformers)")
+    p.add_argument("--gguf", default=None, help="GGUF file for --engine llamacpp (default: the default model)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -241,10 +244,14 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from ..engines.select import load, resolve
     from ..models import load_default_model, load_model
 
     t0 = time.perf_counter()
-    if args.model:
+    engine = resolve(args.engine, model_dir=args.model)
+    if engine == "llamacpp":
+        model, tok, name, _ = load("llamacpp", model_dir=args.model, gguf=args.gguf)
+    elif args.model:
         model, tok = load_model(args.model)
         name = Path(args.model).name
     else:

@@ -1,6 +1,8 @@
-"""The batched, KV-cached EAGer decode loop (one budget stage).
+"""The batched, KV-cached EAGer decode loop (one budget stage), over any engine.
 
-All active paths of all prompts are rows of one batch: one model forward per step, one
+The loop uses only the engine protocol (eager_kernels/engines/base.py): prefill, decode one
+token per row, reorder rows, release, and a few facts (vocabulary, device, KV bytes per
+token). All active paths of all prompts are rows of one batch: one engine decode per step, one
 eager_step per step, and one host read per step (a packed tensor of four counters: rows that
 go on, finished rows kept, whether the cache order changed, branch events). Everything else
 stays on the device:
@@ -12,61 +14,25 @@ stays on the device:
 - each step expands every active row into its children (1, or n on a branch), adds the
   finished rows as candidates, selects the kept ones (cap M, or pruning per prompt by a
   segmented rank), and orders them active-first with one stable sort;
-- the cache is reordered with one index_select per layer (duplicating a parent's rows on a
-  branch, dropping finished and pruned rows), and skipped when nothing moved.
+- the engine's cache is reordered by a source index (a repeated row forks, an omitted one
+  drops; the transformers engine does one index_select per layer, llama.cpp copies and
+  removes sequence ids), and the reorder is skipped when nothing moved.
 """
 from __future__ import annotations
 
-import inspect
 import time
 
 import torch
 
 from .. import ops
+from ..engines.base import Engine
+from ..engines.transformers import kv_bytes_per_token  # noqa: F401  (re-exported by the sampler)
 from ..history import EntropyHistory
 from .config import EagerConfig
 
 
 class EagerMemoryError(MemoryError):
     """The configuration's KV cache cannot fit in the memory limit."""
-
-
-# ---------------------------------------------------------------------------------------
-# Model plumbing
-# ---------------------------------------------------------------------------------------
-
-
-def _forward_kwargs(model):
-    """The names this transformers version uses for the cache and the last-logits option."""
-    params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    if "logits_to_keep" in params:
-        keep_kw = "logits_to_keep"
-    elif "num_logits_to_keep" in params:
-        keep_kw = "num_logits_to_keep"
-    else:
-        keep_kw = None
-    return cache_kw, keep_kw
-
-
-def _new_cache(model):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
-
-
-def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """Bytes of K and V one token of one row takes in every layer."""
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layers = int(cfg.num_hidden_layers)
-    heads = int(getattr(cfg, "num_attention_heads", 1))
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    elem = torch.empty((), dtype=dtype).element_size()
-    return 2 * layers * kv_heads * int(head_dim) * elem
 
 
 def default_memory_limit(device: torch.device) -> int:
@@ -81,17 +47,19 @@ def default_memory_limit(device: torch.device) -> int:
         return 8 << 30
 
 
-def check_memory(model, rows: int, seq_len: int, cfg: EagerConfig, device) -> int:
-    """Raise EagerMemoryError when rows x seq_len tokens of KV cache (x2: the dynamic cache
-    is copied when it grows or is reordered) exceed the limit. Returns the estimate."""
-    dtype = next(model.parameters()).dtype
-    need = 2 * rows * seq_len * kv_bytes_per_token(model.config, dtype)
+def check_memory(engine: Engine, rows: int, seq_len: int, cfg: EagerConfig) -> int:
+    """Raise EagerMemoryError when rows x seq_len tokens of KV cache (x engine.kv_copies:
+    the transformers cache is copied when it grows or is reordered) exceed the limit.
+    Returns the estimate."""
+    device = engine.device
+    copies = engine.kv_copies
+    need = copies * rows * seq_len * engine.kv_bytes_per_token
     limit = cfg.memory_limit_bytes if cfg.memory_limit_bytes is not None else default_memory_limit(device)
     if need > limit:
         raise EagerMemoryError(
             f"the KV cache of this configuration needs about {need / 2**30:.2f} GiB "
             f"({rows} rows = prompts x min(M, prune_to), x {seq_len} tokens = prompt + "
-            f"max_new_tokens, x2 for copies) but the limit is {limit / 2**30:.2f} GiB; lower "
+            f"max_new_tokens{f', x{copies} for copies' if copies > 1 else ''}) but the limit is {limit / 2**30:.2f} GiB; lower "
             f"max_paths_per_prompt, max_new_tokens or the number of prompts per call, or "
             f"raise memory_limit_bytes"
         )
@@ -122,12 +90,13 @@ def _segmented_rank(score: torch.Tensor, grp: torch.Tensor, num_groups: int) -> 
     return rank
 
 
-def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: list,
-              stop_seqs: list, pad_id: int, seed: int, metrics, progress=None) -> tuple:
-    """Decode one tree per prompt (prompts: lists of token ids, caps: M per prompt).
-    Returns (per prompt: a list of raw path dicts, the peak number of active rows, the
-    number of branch events) and updates `metrics` in place."""
-    device = next(model.parameters()).device
+def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: list,
+              stop_seqs: list, seed: int, metrics, progress=None) -> tuple:
+    """Decode one tree per prompt (prompts: lists of token ids, caps: M per prompt) on
+    `engine`. Returns (per prompt: a list of raw path dicts, the peak number of active rows,
+    the number of branch events) and updates `metrics` in place. The caller releases the
+    engine's cache (engine.release()), also when this raises."""
+    device = engine.device
     G = len(prompts)
     T = cfg.max_new_tokens
     seed_policy = cfg.policy == "seed"
@@ -137,33 +106,14 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
     keep_n = torch.tensor(keep_host, dtype=torch.int64, device=device)
     k = cfg.candidates_k
     nmax = cfg.num_branches
-    cache_kw, keep_kw = _forward_kwargs(model)
 
     P = max(len(p) for p in prompts)
     max_rows = sum(keep_host)
-    check_memory(model, max_rows, P + T, cfg, device)
+    check_memory(engine, max_rows, P + T, cfg)
 
-    # Prefill: left-padded prompts, positions counted over real tokens only.
-    ids = torch.full((G, P), pad_id, dtype=torch.int64)
-    pmask = torch.zeros((G, P), dtype=torch.int64)
-    for g, p in enumerate(prompts):
-        ids[g, P - len(p):] = torch.tensor(p, dtype=torch.int64)
-        pmask[g, P - len(p):] = 1
-    ids, pmask = ids.to(device), pmask.to(device)
-    real_len = pmask.sum(1)
-    pos = (pmask.cumsum(1) - 1).clamp_min(0)
-    # Without padding no mask is passed: transformers then needs none, and it does not read
-    # the mask on the host (with padding it checks mask.all() once per forward, a host sync
-    # inside the model that the sampler cannot avoid for every attention implementation).
-    padded = any(len(p) < P for p in prompts)
-    cache = _new_cache(model)
-    extra = {keep_kw: 1} if keep_kw else {}
     t0 = time.perf_counter()
-    out = model(input_ids=ids, attention_mask=pmask if padded else None, position_ids=pos, use_cache=True,
-                **{cache_kw: cache}, **extra)
-    logits = out.logits[:, -1, :]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    logits = engine.prefill(prompts, max_rows=max_rows, max_new_tokens=T)
+    engine.synchronize()
     metrics.prefill_s += time.perf_counter() - t0
     metrics.forward_passes += 1
 
@@ -185,7 +135,6 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
     eos_t = torch.tensor(eos_ids or [-2], dtype=torch.int64, device=device)
     stops = [torch.tensor(s, dtype=torch.int64, device=device) for s in stop_seqs if len(s) > 0]
     arange_j = torch.arange(nmax, device=device)
-    ones_col = torch.ones((1, 1), dtype=torch.int64, device=device)
 
     bar = None
     if progress:
@@ -282,16 +231,11 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
             break
         peak = torch.maximum(peak, _group_count(grp[:R], G))
         if not ident:
-            cache.reorder_cache(s[:R])
-        step_mask = torch.cat([pmask[grp[:R]], ones_col.expand(R, t + 1)], dim=1) if padded else None
-        step_pos = (real_len[grp[:R]] + t)[:, None]
-        out = model(input_ids=tok[:R, t: t + 1], attention_mask=step_mask, position_ids=step_pos,
-                    use_cache=True, **{cache_kw: cache})
-        logits = out.logits[:, -1, :]
+            engine.reorder(s[:R])
+        logits = engine.decode(tok[:R, t])
         metrics.forward_passes += 1
         metrics.decode_rows += R
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    engine.synchronize()
     metrics.decode_s += time.perf_counter() - t0
     if bar is not None:
         bar.close()

@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ..engines.base import as_engine, check_token_ids
 from .budget import allocate_budget
 from .config import EagerConfig, EagerOutput, Metrics, Path, PromptResult
 from .decode import run_stage
@@ -49,15 +50,12 @@ def _as_token_lists(inputs, tokenizer, attention_mask, chat_template) -> list:
     raise TypeError("generate: expected input_ids (tensor or lists of ints) or a list of strings")
 
 
-def _eos_ids(cfg, tokenizer, model) -> list:
+def _eos_ids(cfg, tokenizer, engine) -> list:
     if cfg.eos_token_id is not None:
         e = cfg.eos_token_id
         return [int(e)] if isinstance(e, int) else [int(x) for x in e]
     ids = []
-    sources = [getattr(tokenizer, "eos_token_id", None),
-               getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
-    if all(src is None for src in sources):
-        sources = [getattr(model.config, "eos_token_id", None)]
+    sources = [getattr(tokenizer, "eos_token_id", None), engine.eos_token_ids or None]
     for src in sources:  # the union: chat models often end turns with a second id
         if src is None:
             continue
@@ -95,14 +93,17 @@ def _best(paths) -> Optional[Path]:
 def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional[EagerConfig] = None, *,
              tokenizer=None, attention_mask: Optional[torch.Tensor] = None,
              chat_template: Optional[bool] = None, progress: bool = False) -> EagerOutput:
-    """Entropy-aware generation with a transformers causal LM.
+    """Entropy-aware generation on a transformers causal LM or any engine.
 
     Args:
-        model: a transformers causal LM (any device; the ops run where its logits are).
+        model: a transformers causal LM (any device; the ops run where its logits are;
+            wrapped in engines.TransformersEngine) or an eager_kernels.engines.Engine such as
+            LlamaCppEngine(path), which brings its own tokenizer.
         inputs: input_ids ([prompts, length] tensor, with `attention_mask` if padded; or a
-            list of token-id lists), or a list of strings with `tokenizer`.
+            list of token-id lists), or a list of strings with a tokenizer.
         config: an EagerConfig (default: EagerConfig() = the paper policy).
-        tokenizer: decodes path texts, tokenizes string prompts and stop strings.
+        tokenizer: decodes path texts, tokenizes string prompts and stop strings (default:
+            the engine's own, if it has one).
         chat_template: wrap string prompts in the tokenizer's chat template (None: when the
             tokenizer has one).
         progress: show a tqdm bar over decode steps.
@@ -115,14 +116,18 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
         warnings.warn(f"budget={cfg.budget!r} with temperature 0: the extra trees are greedy and repeat "
                       "the first pass's paths; use sampling (the paper policy) for budget stages",
                       RuntimeWarning, stacklevel=2)
+    engine = as_engine(model, tokenizer)
+    if tokenizer is None:
+        tokenizer = engine.tokenizer
     prompts = _as_token_lists(inputs, tokenizer, attention_mask, chat_template)
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate: a prompt is empty (at least one token is needed)")
-    eos = _eos_ids(cfg, tokenizer, model)
+    V = engine.vocab_size
+    check_token_ids(prompts, V)
+    eos = _eos_ids(cfg, tokenizer, engine)
+    check_token_ids([eos], V, "eos_token_id")
     stops = _stop_seqs(cfg, tokenizer)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = eos[0] if eos else 0
+    check_token_ids(stops, V, "stop_branching_at / stop_branching_ids")
     G, M = len(prompts), cfg.max_paths_per_prompt
     metrics = Metrics()
     all_paths = [[] for _ in range(G)]
@@ -130,8 +135,11 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
     events = [0] * G
 
     def stage(name, which, caps, seed):
-        raw, peak, bev = run_stage(model, [prompts[i] for i in which], caps, cfg, eos_ids=eos, stop_seqs=stops,
-                              pad_id=int(pad), seed=seed, metrics=metrics, progress=progress)
+        try:
+            raw, peak, bev = run_stage(engine, [prompts[i] for i in which], caps, cfg, eos_ids=eos,
+                                       stop_seqs=stops, seed=seed, metrics=metrics, progress=progress)
+        finally:
+            engine.release()
         for j, i in enumerate(which):
             peaks[i] = max(peaks[i], peak[j])
             events[i] += bev[j]

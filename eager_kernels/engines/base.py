@@ -1,0 +1,104 @@
+"""The engine protocol: everything the EAGer decode loop needs from an inference stack.
+
+The loop (eager_kernels/sampler/decode.py) holds the path table, the policies and the ops;
+an engine holds the model, its KV cache and (optionally) its tokenizer. One stage of the
+loop calls, in this order:
+
+    engine.prefill(prompts, max_rows=..., max_new_tokens=...)  -> logits [G, V]
+    repeat:  engine.reorder(src)            (only when the rows changed)
+             engine.decode(tokens)           -> logits [R, V]
+    engine.release()
+
+Rows: after prefill, row g is prompt g. reorder(src) makes new row i a copy of old row
+src[i] (src: int64 tensor on engine.device): a repeated index forks a row (both copies share
+its history), an omitted one drops it. decode(tokens) appends tokens[i] to row i and returns
+the next-token logits of every row. All rows advance together: after k decode calls every
+row holds its prompt plus k tokens. Left padding, positions and cache layout are the
+engine's business.
+
+The logits returned by prefill and decode may be views of the engine's own buffers: they
+are valid until the next call on the engine (the loop uses them within one step).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Optional, Sequence
+
+import torch
+
+
+class Engine(abc.ABC):
+    """An inference stack as the EAGer loop sees it (see the module docstring).
+
+    Attributes every engine sets:
+        vocab_size: width V of the logits.
+        device: where the logits (and the loop's path table) live.
+        eos_token_ids: the model's own end-of-sequence ids (the loop adds the tokenizer's).
+        kv_bytes_per_token: bytes of K and V one token of one row takes in all layers.
+        kv_copies: how many times the cache may be held at once at its peak (2 for a cache
+            that is copied when it grows or is reordered, 1 for one allocated in place).
+        tokenizer: None, or an object with the subset of the transformers tokenizer interface
+            that generate() uses: encode(text, add_special_tokens=False) -> ids,
+            decode(ids, skip_special_tokens=True) -> str, __call__(text)["input_ids"],
+            apply_chat_template(messages, add_generation_prompt=True, tokenize=True),
+            chat_template, eos_token_id, pad_token_id.
+    """
+
+    vocab_size: int
+    device: torch.device
+    eos_token_ids: list
+    kv_bytes_per_token: int
+    kv_copies: int = 1
+    tokenizer = None
+    name: str = "engine"
+
+    @abc.abstractmethod
+    def prefill(self, prompts: Sequence[Sequence[int]], *, max_rows: int, max_new_tokens: int) -> torch.Tensor:
+        """Run the prompts (lists of token ids, any lengths); return the logits of each
+        prompt's last token [G, V]. max_rows (the most rows the stage will hold at once)
+        and max_new_tokens let the engine size its cache; an engine that cannot hold them
+        raises ValueError here, before any decoding."""
+
+    @abc.abstractmethod
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append tokens[i] (int64 [R] on self.device) to row i; return logits [R, V]."""
+
+    @abc.abstractmethod
+    def reorder(self, src: torch.Tensor) -> None:
+        """New row i = old row src[i] (int64 [R'] on self.device)."""
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Free the stage's cache (the engine stays usable for another prefill)."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for timing)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def as_engine(model_or_engine, tokenizer=None) -> Engine:
+    """An Engine as is; a transformers model wrapped in TransformersEngine."""
+    if isinstance(model_or_engine, Engine):
+        return model_or_engine
+    if isinstance(model_or_engine, torch.nn.Module) and hasattr(model_or_engine, "config"):
+        from .transformers import TransformersEngine
+
+        return TransformersEngine(model_or_engine, tokenizer=tokenizer)
+    raise TypeError("generate: expected a transformers causal LM or an eager_kernels.engines.Engine "
+                    f"(e.g. LlamaCppEngine(path)), got {type(model_or_engine).__name__}")
+
+
+def check_token_ids(prompts: Sequence[Sequence[int]], vocab_size: int, what: str = "input_ids") -> None:
+    """Every id in [0, vocab_size), else a ValueError naming the argument, the sequence and the id."""
+    for i, p in enumerate(prompts):
+        bad = [t for t in p if not 0 <= t < vocab_size]
+        if bad:
+            where = f" of prompt {i}" if what == "input_ids" else ""
+            raise ValueError(f"{what}: token id {bad[0]}{where} is outside the model's vocabulary "
+                             f"(ids 0..{vocab_size - 1}); was it tokenised for another model?")
+
+
+def optional_tokenizer_attr(tokenizer, name: str) -> Optional[int]:
+    value = getattr(tokenizer, name, None)
+    return int(value) if isinstance(value, int) else None

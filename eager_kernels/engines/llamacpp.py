@@ -1,0 +1,383 @@
+"""LlamaCppEngine: a GGUF model through llama-cpp-python's low-level API (CPU).
+
+One llama.cpp context with a unified KV cache and one sequence id per row:
+
+- prefill: one llama_decode of all prompts' tokens (prompt g is sequence g, positions
+  0..len-1, no padding), logits only for each prompt's last token;
+- decode: one llama_decode of R tokens (row i: its sequence id, position len(prompt) + step),
+  logits for all R rows, returned as a zero-copy torch view of llama's logits buffer;
+- reorder: a dropped row's sequence is removed (llama_memory_seq_rm); a forked row's
+  sequence is copied to a free id (llama_memory_seq_cp: in a unified cache this only tags
+  the same cells with a second sequence id, no K/V is copied). Rows that stay keep their ids.
+
+The batch arrays are numpy arrays owned here (llama_batch points into them), filled with
+vectorised writes; no Python loop over rows in a step except over forks and drops.
+
+The engine tokenises and detokenises with the GGUF's vocabulary and renders the GGUF's chat
+template with jinja2 (as transformers does), so generate(LlamaCppEngine(path), ["..."], cfg)
+needs no tokenizer argument.
+
+Needs the `llamacpp` extra: pip install "eager-kernels[llamacpp]" (builds llama.cpp).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .base import Engine
+
+EXTRA_HINT = ('the llama.cpp engine needs the package llama-cpp-python: pip install "eager-kernels[llamacpp]" '
+              '(it builds llama.cpp from source, several minutes on 2 cores; see the README, "Engines")')
+
+_KV_ELEMENT_BYTES = 2  # llama.cpp's default K and V cache type is F16
+_CELL_ROUND = 256
+
+
+def import_llama_cpp():
+    """The low-level module llama_cpp.llama_cpp, or an ImportError naming the extra."""
+    try:
+        import llama_cpp.llama_cpp as lib
+    except ImportError as e:
+        from ..errors import MissingExtraError
+
+        raise MissingExtraError("llama-cpp-python", "llamacpp",
+                                "the llama.cpp engine (it builds llama.cpp from source, several minutes on "
+                                "2 cores; see the README, \"Engines\")") from e
+    return lib
+
+
+_BACKEND = {}
+
+
+def _backend(lib, verbose: bool):
+    """llama_backend_init once per process; llama.cpp's log silenced unless verbose."""
+    if "init" not in _BACKEND:
+        lib.llama_backend_init()
+        _BACKEND["init"] = True
+    if not verbose and "quiet" not in _BACKEND:
+        @lib.llama_log_callback
+        def _quiet(level, text, user_data):  # drop llama.cpp's log lines
+            return None
+
+        _BACKEND["quiet"] = _quiet  # kept alive: llama.cpp holds the pointer
+        lib.llama_log_set(_quiet, ctypes.c_void_p(0))
+
+
+def _check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"model_path: no file at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ValueError(f"model_path: {path} is not a GGUF file (it starts with {magic!r}, expected b'GGUF')")
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+class _Batch:
+    """A llama_batch whose arrays are numpy arrays of `capacity` entries (one sequence id
+    per token): fill token/pos/seq/out[:n], then call .struct(n)."""
+
+    def __init__(self, lib, capacity: int):
+        self.capacity = capacity
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.seq = np.zeros(capacity, dtype=np.int32)
+        self.out = np.zeros(capacity, dtype=np.int8)
+        # seq_id is an array of pointers, one per token, each to that token's ids: point
+        # entry i at seq[i] once, so that writing seq[:n] fills the batch.
+        self.seq_ptrs = (self.seq.ctypes.data + 4 * np.arange(capacity, dtype=np.uint64)).astype(np.uint64)
+        self._lib = lib
+        P = ctypes.POINTER
+        self._b = lib.llama_batch()
+        self._b.token = self.token.ctypes.data_as(P(lib.llama_token))
+        self._b.embd = ctypes.cast(None, P(ctypes.c_float))
+        self._b.pos = self.pos.ctypes.data_as(P(lib.llama_pos))
+        self._b.n_seq_id = self.n_seq_id.ctypes.data_as(P(ctypes.c_int32))
+        self._b.seq_id = ctypes.cast(self.seq_ptrs.ctypes.data, P(P(lib.llama_seq_id)))
+        self._b.logits = self.out.ctypes.data_as(P(ctypes.c_int8))
+
+    def struct(self, n: int):
+        self._b.n_tokens = n
+        return self._b
+
+
+class _LlamaTokenizer:
+    """The GGUF's vocabulary with the subset of the transformers tokenizer interface that
+    generate() uses."""
+
+    def __init__(self, engine: "LlamaCppEngine"):
+        self._e = engine
+        lib, vocab = engine._lib, engine._vocab
+        eos = lib.llama_vocab_eos(vocab)
+        self.eos_token_id = int(eos) if eos >= 0 else None
+        self.pad_token_id = None
+        self.bos_token_id = int(lib.llama_vocab_bos(vocab))
+        tmpl = lib.llama_model_chat_template(engine._model, None)
+        self.chat_template = tmpl.decode("utf-8") if tmpl else None
+        self._jinja = None
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list:
+        lib = self._e._lib
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (lib.llama_token * cap)()
+        n = lib.llama_tokenize(self._e._vocab, data, len(data), buf, cap, add_special_tokens, True)
+        if n < 0:  # the buffer was too small: -n tokens
+            cap = -n
+            buf = (lib.llama_token * cap)()
+            n = lib.llama_tokenize(self._e._vocab, data, len(data), buf, cap, add_special_tokens, True)
+        return list(buf[:n])
+
+    def __call__(self, text: str) -> dict:
+        return {"input_ids": self.encode(text, add_special_tokens=True)}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        lib = self._e._lib
+        ids = [int(t) for t in ids]
+        if not ids:
+            return ""
+        arr = (lib.llama_token * len(ids))(*ids)
+        cap = 8 * len(ids) + 16
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(cap)
+            n = lib.llama_detokenize(self._e._vocab, arr, len(ids), buf, cap, skip_special_tokens,
+                                     not skip_special_tokens)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            cap = -n
+        raise RuntimeError("llama_detokenize failed")
+
+    def _piece(self, token: int) -> str:
+        return self.decode([token], skip_special_tokens=False) if token >= 0 else ""
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, tokenize: bool = True):
+        """The GGUF's chat template (tokenizer.chat_template) rendered with jinja2 the way
+        transformers renders it, then tokenised without adding special tokens."""
+        if not self.chat_template:
+            raise ValueError("chat template: this GGUF file has none (tokenizer.chat_template); pass "
+                             "chat_template=False to generate() to feed the prompt text as is")
+        if self._jinja is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            def raise_exception(message):
+                raise ValueError(f"chat template: {message}")
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = raise_exception
+            self._jinja = env.from_string(self.chat_template)
+        text = self._jinja.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                  bos_token=self._piece(self.bos_token_id),
+                                  eos_token=self._piece(self.eos_token_id if self.eos_token_id is not None else -1))
+        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+
+class LlamaCppEngine(Engine):
+    """A GGUF model run by llama.cpp (llama-cpp-python's low-level API), CPU.
+
+    Args:
+        model_path: a .gguf file (models.default_gguf_path() for the default model).
+        n_ctx: KV cells of the context, shared by all rows (unified cache). None: sized at
+            each prefill to what the stage can need (the prompts + most rows x
+            max_new_tokens), at most the model's training context per row.
+        n_threads: CPU threads for llama.cpp (default: the CPUs this process may use).
+        verbose: let llama.cpp print its log to stderr.
+    """
+
+    kv_copies = 1  # the context's cells are allocated once
+    name = "llamacpp"
+
+    def __init__(self, model_path, *, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
+                 verbose: bool = False):
+        lib = import_llama_cpp()
+        path = Path(model_path).expanduser()
+        _check_gguf(path)
+        if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1):
+            raise ValueError(f"n_ctx: expected a positive int or None, got {n_ctx!r}")
+        if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
+            raise ValueError(f"n_threads: expected a positive int or None, got {n_threads!r}")
+        _backend(lib, verbose)
+        self._lib = lib
+        self.path = path
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        self._model = lib.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
+        if not self._model:
+            raise ValueError(f"model_path: llama.cpp could not load {path} (an unsupported architecture or a "
+                             "damaged file; pass verbose=True to see llama.cpp's log)")
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self.vocab_size = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.device = torch.device("cpu")
+        self.n_ctx = n_ctx
+        self.n_ctx_train = int(lib.llama_model_n_ctx_train(self._model))
+        if n_threads is None:
+            n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.n_threads = n_threads
+        layers = int(lib.llama_model_n_layer(self._model))
+        heads = int(lib.llama_model_n_head(self._model))
+        kv_heads = int(lib.llama_model_n_head_kv(self._model))
+        head_dim = int(lib.llama_model_n_embd(self._model)) // max(1, heads)
+        self.kv_bytes_per_token = 2 * layers * kv_heads * head_dim * _KV_ELEMENT_BYTES
+        self.tokenizer = _LlamaTokenizer(self)
+        eos = [self.tokenizer.eos_token_id, int(lib.llama_vocab_eot(self._vocab))]
+        self.eos_token_ids = sorted({int(e) for e in eos if e is not None and e >= 0})
+        self._ctx = None
+        self._ctx_shape = (0, 0, 0)  # (cells, sequences, batch)
+        self._batch = None
+        self.last_decode_s = 0.0  # time inside llama_decode, summed over the last stage
+        self.decode_calls = 0
+
+    # -- context ------------------------------------------------------------------------
+
+    def _ensure_context(self, cells: int, seqs: int, batch: int) -> None:
+        have = self._ctx_shape
+        if self._ctx is not None and have[0] >= cells and have[1] >= seqs and have[2] >= batch:
+            return
+        self._free_context()
+        lib = self._lib
+        cells, seqs, batch = max(cells, have[0]), max(seqs, have[1]), max(batch, have[2])
+        p = lib.llama_context_default_params()
+        p.n_ctx = cells
+        p.n_batch = batch
+        p.n_ubatch = min(batch, 512)
+        p.n_seq_max = seqs
+        p.n_threads = p.n_threads_batch = self.n_threads
+        p.kv_unified = True  # forks share cells: seq_cp retags, it copies nothing
+        p.no_perf = True
+        ctx = lib.llama_init_from_model(self._model, p)
+        if not ctx:
+            raise MemoryError(f"llama.cpp could not create a context of {cells} cells x {seqs} sequences")
+        self._ctx = ctx
+        self._mem = lib.llama_get_memory(ctx)
+        self._ctx_shape = (int(lib.llama_n_ctx(ctx)), seqs, batch)
+        self._batch = _Batch(lib, batch)
+
+    def _free_context(self) -> None:
+        if self._ctx is not None:
+            self._lib.llama_free(self._ctx)
+            self._ctx = None
+            self._batch = None
+
+    def close(self) -> None:
+        """Free the context and the model (the engine cannot be used afterwards)."""
+        self._free_context()
+        if getattr(self, "_model", None):
+            self._lib.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- the protocol -------------------------------------------------------------------
+
+    def prefill(self, prompts, *, max_rows, max_new_tokens):
+        lens = np.array([len(p) for p in prompts], dtype=np.int64)
+        G, T = len(prompts), int(max_new_tokens)
+        longest = int(lens.max()) + T
+        limit = self.n_ctx if self.n_ctx is not None else self.n_ctx_train
+        if longest > limit:
+            raise ValueError(
+                f"max_new_tokens: the longest prompt ({int(lens.max())} tokens) plus max_new_tokens ({T}) is "
+                f"{longest} tokens, more than the context of {limit} tokens "
+                f"({'n_ctx' if self.n_ctx is not None else 'the model is trained for'}); shorten the prompt, lower "
+                f"max_new_tokens{' or raise n_ctx' if self.n_ctx is not None else ''}")
+        slots = int(self._lib.llama_max_parallel_sequences())
+        rows = max(int(max_rows), G)
+        if rows > slots:
+            raise ValueError(
+                f"max_paths_per_prompt: this configuration can hold {rows} rows at once (prompts x min(M, "
+                f"prune_to)) but llama.cpp has {slots} sequence slots; lower max_paths_per_prompt or prune_to, "
+                f"or pass fewer prompts per call")
+        total = int(lens.sum())
+        # Cells in use at any step: the prompts (shared by their forks) plus at most
+        # max_new_tokens per live row; a margin for the cache's own granularity.
+        need = total + rows * T + rows
+        cells = self.n_ctx if self.n_ctx is not None else _round_up(need, _CELL_ROUND)
+        if total > cells:
+            raise ValueError(f"n_ctx: the prompts take {total} tokens together, more than n_ctx = {cells}")
+        self._ensure_context(cells, rows, max(total, rows))
+        lib = self._lib
+        lib.llama_memory_clear(self._mem, True)
+        b = self._batch
+        b.token[:total] = np.concatenate([np.asarray(p, dtype=np.int32) for p in prompts])
+        b.pos[:total] = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
+        b.seq[:total] = np.repeat(np.arange(G, dtype=np.int32), lens)
+        b.out[:total] = 0
+        b.out[np.cumsum(lens) - 1] = 1
+        self._call_decode(total)
+        self._prompt_len = lens.astype(np.int32)
+        self._rows = np.arange(G)  # the prompt of each row
+        self._seq = np.arange(G, dtype=np.int32)  # the sequence id of each row
+        self._free = list(range(self._ctx_shape[1] - 1, G - 1, -1))  # free ids, popped from the end
+        self._steps = 0
+        self.last_decode_s = 0.0
+        self.decode_calls = 0
+        return self._logits(G)
+
+    def decode(self, tokens):
+        R = int(tokens.shape[0])
+        b = self._batch
+        b.token[:R] = tokens.numpy()
+        b.pos[:R] = self._prompt_len[self._rows] + self._steps
+        b.seq[:R] = self._seq
+        b.out[:R] = 1
+        self._call_decode(R)
+        self._steps += 1
+        return self._logits(R)
+
+    def reorder(self, src):
+        lib, mem = self._lib, self._mem
+        src = src.numpy()
+        old = self._seq
+        kept = np.zeros(old.shape[0], dtype=bool)
+        kept[src] = True
+        for s in old[~kept]:
+            lib.llama_memory_seq_rm(mem, int(s), -1, -1)
+            self._free.append(int(s))
+        first = np.zeros(src.shape[0], dtype=bool)
+        first[np.unique(src, return_index=True)[1]] = True
+        new = old[src]
+        for i in np.flatnonzero(~first):  # forks: a second (third...) row of the same parent
+            if not self._free:
+                raise RuntimeError("LlamaCppEngine: more rows than the context's sequence slots")
+            dst = self._free.pop()
+            lib.llama_memory_seq_cp(mem, int(new[i]), dst, -1, -1)
+            new[i] = dst
+        self._seq = new
+        self._rows = self._rows[src]
+
+    def release(self):
+        if self._ctx is not None:
+            self._lib.llama_memory_clear(self._mem, True)
+        self._rows = self._seq = None
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _call_decode(self, n: int) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        rc = self._lib.llama_decode(self._ctx, self._batch.struct(n))
+        self.last_decode_s += time.perf_counter() - t0
+        self.decode_calls += 1
+        if rc == 1:
+            raise RuntimeError(f"llama_decode: no room in the KV cache ({self._ctx_shape[0]} cells) for {n} more "
+                               "tokens; raise n_ctx (or leave it None to size it per call)")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def _logits(self, rows: int) -> torch.Tensor:
+        """A zero-copy [rows, V] view of llama's logits buffer (valid until the next decode)."""
+        ptr = self._lib.llama_get_logits(self._ctx)
+        return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(rows, self.vocab_size)))

@@ -1,0 +1,57 @@
+"""Choosing and loading an engine for the command line (generate, demo, eval, bench).
+
+The default engine is llama.cpp when llama-cpp-python is installed: on this machine it is
+the faster one at every row count the sampler uses (README, "Engines"); without the package
+the transformers engine runs, and asking for llamacpp explicitly gives the install line.
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+ENGINES = ("auto", "transformers", "llamacpp")
+
+
+def llama_cpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def resolve(engine: str, *, model_dir=None) -> str:
+    """"auto" -> "llamacpp" when installed and no transformers --model was given, else
+    "transformers"; an explicit name is checked."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
+    if engine == "auto":
+        return "llamacpp" if llama_cpp_installed() and not model_dir else "transformers"
+    return engine
+
+
+def load(engine: str, *, model_dir=None, gguf=None, threads=None):
+    """(model or engine, tokenizer, display name, load seconds) for `engine` (resolved)."""
+    t0 = time.perf_counter()
+    if engine == "llamacpp":
+        from .llamacpp import LlamaCppEngine
+
+        if model_dir:
+            raise ValueError("--model is a transformers model directory; with --engine llamacpp pass --gguf FILE")
+        if gguf:
+            path, name = Path(gguf), Path(gguf).name
+        else:
+            from ..models import GGUF_WEIGHT_TYPE, default_gguf_path
+
+            path = default_gguf_path()
+            name = f"SmolLM2-135M-Instruct (default, GGUF {GGUF_WEIGHT_TYPE.upper()})"
+        eng = LlamaCppEngine(path, n_threads=threads)
+        return eng, eng.tokenizer, f"{name} on llama.cpp", time.perf_counter() - t0
+    if gguf:
+        raise ValueError("--gguf needs --engine llamacpp (or auto with llama-cpp-python installed)")
+    from ..models import load_default_model, load_model
+
+    if model_dir:
+        model, tok = load_model(model_dir)
+        name = str(model_dir)
+    else:
+        model, tok = load_default_model()
+        name = "SmolLM2-135M-Instruct (default)"
+    return model, tok, f"{name} on transformers", time.perf_counter() - t0

@@ -1,0 +1,32 @@
+"""The package's own exception types (all subclasses of the built-in ones users already
+catch), and the one place that says how to get a missing optional part."""
+from __future__ import annotations
+
+import importlib.util
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        self.package, self.extra = package, extra
+        super().__init__(f"{purpose} needs the optional package '{package}', which is not installed: "
+                         f"pip install 'eager-kernels[{extra}]' (or pip install {package})")
+
+
+class BackendUnavailableError(ValueError, RuntimeError):
+    """The backend asked for cannot run the given tensors on this machine (a ValueError, as
+    the issue of a bad argument; also a RuntimeError, what this case raised before)."""
+
+
+_found: set = set()
+
+
+def require(module: str, *, package: str | None = None, extra: str, purpose: str) -> None:
+    """Raise MissingExtraError unless `module` can be imported (checked without importing
+    it; a module once found is not looked up again)."""
+    if module in _found:
+        return
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(package or module, extra, purpose)
+    _found.add(module)
