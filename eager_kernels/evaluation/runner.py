@@ -1,4 +1,9 @@
-"""Running the methods on the task suite, one generate() call per batch of prompts.
+"""Running the methods on a suite, one generate() call per batch of prompts.
+
+The suite (suites.py: the arithmetic suite, GSM8K or a JSONL) gives the problems, each
+problem's prompt token ids and the judge of a path's text; the model is whatever
+eager_kernels.generate takes (a transformers model, or an engine object), passed straight
+through by Evaluator._call, the one place generate() is called.
 
 Methods (all at the same cap M = max_paths paths per prompt):
 
@@ -36,8 +41,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from .analysis import accuracy_cis
 from .store import ResultStore
-from .tasks import chat_prompt_ids, extract_answer, make_tasks
+from .suites import build_suite, vote_key
 
 METHODS = ("greedy", "parallel", "eager_init", "eager_adapt", "eager_full", "seed")
 NO_BRANCH = 1e9  # a threshold no entropy reaches: branching off
@@ -56,6 +62,12 @@ class EvalConfig:
     batch_size: int = 20  # prompts per generate() call (rows = batch_size x paths)
     backend: str = "auto"
     model_name: str = "model"
+    suite: str = "arithmetic"  # "arithmetic" (tasks.py), "gsm8k" (shipped) or "dataset" (a local JSONL)
+    split: str = "test"  # gsm8k: "test" or "train" (the tuning problems)
+    fewshot: int = 2  # gsm8k / dataset: worked train examples per prompt (arithmetic: its own two)
+    dataset: str = ""  # suite "dataset": the JSONL path
+    question_key: str = "question"
+    answer_key: str = "answer"
 
     def run_hash(self, prompts_fingerprint: str = "") -> str:
         """What identifies a run's records; prompts_fingerprint covers the prompt token ids
@@ -87,12 +99,37 @@ def tree_tokens(token_lists) -> int:
     return n
 
 
-def _path_record(p, answer: int, stage: str) -> dict:
-    pred = extract_answer(p.text)
+def _path_record(p, task, stage: str, judge) -> dict:
+    """One path as stored: text, judged answer, and what the branching analysis reads (the
+    entropy of each generated position, 3 decimals, and the lineage's branch steps)."""
+    pred, correct = judge(p.text, task)
     return {"text": p.text, "tokens": len(p.token_ids), "logprob": p.logprob,
             "score": p.logprob / max(1, len(p.token_ids)), "pred": pred,
-            "correct": pred is not None and pred == answer, "finished": p.finished,
-            "branches": len(p.branch_steps), "stage": stage}
+            "correct": bool(correct), "finished": p.finished,
+            "branches": len(p.branch_steps), "stage": stage,
+            "branch_steps": [int(s) for s in p.branch_steps],
+            "branch_prefixes": [_prefix_id(p.token_ids[:s]) for s in p.branch_steps],
+            "entropies": [round(float(e), 3) for e in p.entropies]}
+
+
+def _prefix_id(tokens) -> str:
+    """Identifies a branch event: the tokens before it (paths born of one event share them)."""
+    return hashlib.sha1(json.dumps([int(t) for t in tokens]).encode()).hexdigest()[:12]
+
+
+def _majority(paths: list) -> Optional[dict]:
+    """The majority-vote answer over paths: the most frequent prediction (numbers by value,
+    no prediction never wins); ties go to the answer whose best path has the best log-prob
+    per token. Returns that best path of the winning answer, or None."""
+    groups = {}
+    for p in paths:
+        k = vote_key(p["pred"])
+        if k is not None:
+            groups.setdefault(k, []).append(p)
+    if not groups:
+        return None
+    win = max(groups.values(), key=lambda g: (len(g), max(p["score"] for p in g)))
+    return _best(win)
 
 
 def _best(paths: list) -> Optional[dict]:
@@ -107,11 +144,15 @@ class Evaluator:
     """Runs methods over the suite, writing one JSONL record per (method, prompt)."""
 
     def __init__(self, model, tokenizer, cfg: EvalConfig, store: ResultStore, *, progress: bool = True,
-                 log=print):
+                 log=print, suite=None):
+        """model: whatever eager_kernels.generate takes as its model (a transformers causal
+        LM, or an engine object): it is passed straight through. suite: the problems, prompts
+        and judge (default build_suite(cfg))."""
         self.model, self.tok, self.cfg, self.store = model, tokenizer, cfg, store
-        self.tasks = make_tasks(cfg.prompts, cfg.suite_seed)
-        self.prompt_ids = [chat_prompt_ids(tokenizer, t.question) for t in self.tasks]
-        fp = hashlib.sha1(json.dumps(self.prompt_ids).encode()).hexdigest()[:16]
+        self.suite = suite if suite is not None else build_suite(cfg)
+        self.tasks = self.suite.tasks
+        self.prompt_ids = [self.suite.prompt_ids(tokenizer, t) for t in self.tasks]
+        fp = hashlib.sha1(json.dumps([self.suite.fingerprint(), self.prompt_ids]).encode()).hexdigest()[:16]
         self.hash = cfg.run_hash(fp)
         self.progress = progress
         self.log = log
@@ -143,6 +184,7 @@ class Evaluator:
                     dynamic_ncols=True)
 
     def _call(self, ids: list, config) -> tuple:
+        """The one place the evaluation calls generate() (every method, every stage)."""
         from .. import generate
 
         t0 = time.perf_counter()
@@ -158,14 +200,28 @@ class Evaluator:
     def _record(self, lab: str, task, paths: list, batches: list, token_lists: list, answer_path=None) -> dict:
         correct = [p["correct"] for p in paths]
         ans = answer_path if answer_path is not None else _best(paths)
+        maj = _majority(paths)
         return {"key": self.key(lab, task.id), "method": lab, "prompt_id": task.id, "kind": task.kind,
                 "question": task.question, "answer": task.answer, "n_paths": len(paths),
                 "n_correct": sum(correct), "pass_at_k": any(correct),
                 "pass_rate": sum(correct) / len(paths) if paths else 0.0,
                 "answer_pred": ans["pred"] if ans else None,
                 "answer_correct": bool(ans["correct"]) if ans else False,
+                "majority_pred": maj["pred"] if maj else None,
+                "majority_correct": bool(maj["correct"]) if maj else False,
+                "max_paths": self.cfg.max_paths,
                 "tokens": tree_tokens(token_lists), "branch_events": sum(p["branches"] for p in paths),
                 "batches": batches, "paths": paths}
+
+    def _postfix(self, bar, lab: str, spent: int) -> None:
+        """The bar's running figures: tokens so far, Pass@k and answer accuracy (best path)."""
+        recs = self.records(lab)
+        if recs:
+            n = len(recs)
+            bar.set_postfix(tokens=spent, pass_k=f"{sum(bool(r['pass_at_k']) for r in recs) / n:.0%}",
+                            acc=f"{sum(bool(r['answer_correct']) for r in recs) / n:.0%}")
+        else:
+            bar.set_postfix(tokens=spent)
 
     def _pending(self, lab: str) -> list:
         return [t for t in self.tasks if self.key(lab, t.id) not in self.store]
@@ -192,7 +248,7 @@ class Evaluator:
                 for j, t in enumerate(chunk):
                     res = out.results[j * M:(j + 1) * M]
                     raw = [r.paths[0] for r in res]
-                    paths = [_path_record(p, t.answer, "init") for p in raw]
+                    paths = [_path_record(p, t, "init", self.suite.judge) for p in raw]
                     recs.append(self._record(lab, t, paths, [info], []))
                     recs[-1]["tokens"] = sum(len(p.token_ids) for p in raw)  # M separate trees
             else:
@@ -209,7 +265,7 @@ class Evaluator:
                 info = self._batch_info(bid, out, wall, len(chunk))
                 for j, t in enumerate(chunk):
                     r = out.results[j]
-                    paths = [_path_record(p, t.answer, "init") for p in r.paths]
+                    paths = [_path_record(p, t, "init", self.suite.judge) for p in r.paths]
                     ans = None
                     if r.answer is not None:
                         ans = paths[next(i for i, p in enumerate(r.paths) if p is r.answer)]
@@ -218,7 +274,7 @@ class Evaluator:
             self.store.add(recs)
             spent += info["tokens"]
             bar.update(len(chunk))
-            bar.set_postfix(tokens=spent)
+            self._postfix(bar, lab, spent)
         bar.close()
 
     def run_budget(self, method: str, theta: Optional[float] = None) -> None:
@@ -237,7 +293,7 @@ class Evaluator:
         if mode == "adapt":
             extras = allocate_budget(used, M, mode="adapt")
         else:
-            tasks = self.tasks
+            tasks, judge = self.tasks, self.suite.judge
 
             class _P:  # what the verifier sees of a path: its text
                 def __init__(self, text):
@@ -248,8 +304,7 @@ class Evaluator:
                     self.paths = [_P(p["text"]) for p in rec["paths"]]
 
             def verifier(i, path) -> bool:
-                pred = extract_answer(path.text)
-                return pred is not None and pred == tasks[i].answer
+                return bool(judge(path.text, tasks[i])[1])
 
             extras = allocate_budget(used, M, mode="full", verifier=verifier,
                                      results=[_R(init[t.id]) for t in self.tasks])
@@ -271,7 +326,7 @@ class Evaluator:
             self.store.add([finish(t, [], 0, None) for t in zero])
             bar.update(len(zero))
         spent = sum(b["tokens"] for b in _unique_batches(self.records(lab)))
-        bar.set_postfix(tokens=spent)
+        self._postfix(bar, lab, spent)
         groups = {}
         for t in pending:
             if extras[t.id] > 0:
@@ -285,13 +340,13 @@ class Evaluator:
                 recs = []
                 for j, t in enumerate(chunk):
                     r = out.results[j]
-                    paths = [_path_record(p, t.answer, mode) for p in r.paths]
+                    paths = [_path_record(p, t, mode, self.suite.judge) for p in r.paths]
                     recs.append(finish(t, paths, tree_tokens([p.token_ids for p in r.paths]), info,
                                        int(r.branch_events)))
                 self.store.add(recs)
                 spent += info["tokens"]
                 bar.update(len(chunk))
-                bar.set_postfix(tokens=spent)
+                self._postfix(bar, lab, spent)
         bar.close()
 
     def label(self, method: str, theta: Optional[float] = None) -> str:
@@ -328,7 +383,8 @@ def summarize(records: list) -> dict:
     adapt / full record counts its init call too); sequences: paths over all prompts;
     pass_at_k: fraction of prompts with any correct path; pass_rate: mean over prompts of
     the fraction of correct paths; answer_acc: fraction of prompts whose chosen path (best
-    log-prob per token) is correct.
+    log-prob per token) is correct; majority_acc: fraction whose majority-vote answer over
+    the paths is correct; "<column>_ci": 95% bootstrap intervals over prompts of those four.
     """
     n = len(records)
     batches = _unique_batches(records)
@@ -343,6 +399,8 @@ def summarize(records: list) -> dict:
         "pass_at_k": sum(bool(r["pass_at_k"]) for r in records) / n,
         "pass_rate": sum(r["pass_rate"] for r in records) / n,
         "answer_acc": sum(bool(r["answer_correct"]) for r in records) / n,
+        "majority_acc": sum(bool(r.get("majority_correct", False)) for r in records) / n,
         "branch_events": sum(b.get("branch_events", 0) for b in batches),
         "wall_s": sum(b["wall_s"] for b in batches),
+        **accuracy_cis(records),
     }
