@@ -236,7 +236,7 @@ def run_grid(*, device, backends, rows, vocab, dtypes, dist="randn3", ops=OPS, m
                                         gbps=round(nbytes / med / 1e9, 3) if reads_logits else "",
                                         floor_us=round(floor * 1e6, 3) if reads_logits else "",
                                         floor_gbps=round(nbytes / floor / 1e9, 3) if reads_logits else "",
-                                        pct_floor=round(100 * floor / med, 1) if reads_logits else "",
+                                        pct_floor=float(f"{100 * floor / med:.3g}") if reads_logits else "",
                                         error=error))
                     log(_line(dtype_name, b, v, op, backends, fused, times, floor if reads_logits else None, nbytes))
                 if csv_path:
