@@ -9,6 +9,7 @@ import torch
 from .budget import allocate_budget
 from .config import EagerConfig, EagerOutput, Metrics, Path, PromptResult
 from .decode import run_stage
+from .keys import check_prompt_keys, stage_key
 
 
 def _as_token_lists(inputs, tokenizer, attention_mask, chat_template) -> list:
@@ -92,9 +93,66 @@ def _best(paths) -> Optional[Path]:
     return best
 
 
+def _prepare(model, inputs, cfg, tokenizer, attention_mask, chat_template, prompt_keys):
+    prompts = _as_token_lists(inputs, tokenizer, attention_mask, chat_template)
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: a prompt is empty (at least one token is needed)")
+    keys = check_prompt_keys(prompt_keys, len(prompts))
+    eos = _eos_ids(cfg, tokenizer, model)
+    stops = _stop_seqs(cfg, tokenizer)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = eos[0] if eos else 0
+    return prompts, keys, eos, stops, pad
+
+
+def _stage(model, prompts, keys, which, caps, name, cfg, eos, stops, pad, tokenizer, metrics, progress,
+           all_paths, peaks, events):
+    """One budget stage for the prompts `which` (caps: paths each), keyed by the stage's name."""
+    raw, peak, bev = run_stage(model, [prompts[i] for i in which], caps, cfg, eos_ids=eos, stop_seqs=stops,
+                               pad_id=int(pad), seed=stage_key(cfg.seed, name), metrics=metrics,
+                               progress=progress, prompt_keys=[keys[i] for i in which])
+    for j, i in enumerate(which):
+        peaks[i] = max(peaks[i], peak[j])
+        events[i] += bev[j]
+        for d in raw[j]:
+            text = tokenizer.decode(d["token_ids"], skip_special_tokens=True) if tokenizer is not None else None
+            all_paths[i].append(Path(prompt_index=i, stage=name, text=text, **d))
+    metrics.stages.append(name)
+
+
+def generate_stage(model, inputs, config: EagerConfig, *, stage: str, caps: Sequence[int], tokenizer=None,
+                   prompt_keys: Optional[Sequence[int]] = None, chat_template: Optional[bool] = None,
+                   progress: bool = False) -> EagerOutput:
+    """One budget stage on its own: a tree of at most caps[i] paths for prompt i, drawn
+    with the stage's key (config.seed and the stage's name, "init" or config.budget) and
+    each prompt's key. generate(budget=...) is generate_stage("init", [M] * G), then
+    generate_stage(config.budget, extras) for the prompts that get extra paths; running the
+    stages apart (e.g. on Ray workers, with the allocation computed in between) gives the
+    same paths."""
+    cfg = config
+    cfg.validate()
+    prompts, keys, eos, stops, pad = _prepare(model, inputs, cfg, tokenizer, None, chat_template, prompt_keys)
+    G = len(prompts)
+    caps = [int(c) for c in caps]
+    if len(caps) != G or any(c < 1 for c in caps):
+        raise ValueError(f"caps: expected {G} ints >= 1 (paths per prompt), got {caps}")
+    metrics = Metrics()
+    all_paths = [[] for _ in range(G)]
+    peaks, events = [0] * G, [0] * G
+    with torch.inference_mode():
+        _stage(model, prompts, keys, list(range(G)), caps, stage, cfg, eos, stops, pad, tokenizer, metrics,
+               progress, all_paths, peaks, events)
+    results = [PromptResult(paths=p, answer=_best(p), branch_events=events[i]) for i, p in enumerate(all_paths)]
+    metrics.paths_per_prompt = [len(p) for p in all_paths]
+    metrics.max_active_per_prompt = peaks
+    return EagerOutput(results=results, metrics=metrics, config=cfg)
+
+
 def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional[EagerConfig] = None, *,
              tokenizer=None, attention_mask: Optional[torch.Tensor] = None,
-             chat_template: Optional[bool] = None, progress: bool = False) -> EagerOutput:
+             chat_template: Optional[bool] = None, progress: bool = False,
+             prompt_keys: Optional[Sequence[int]] = None) -> EagerOutput:
     """Entropy-aware generation with a transformers causal LM.
 
     Args:
@@ -106,6 +164,10 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
         chat_template: wrap string prompts in the tokenizer's chat template (None: when the
             tokenizer has one).
         progress: show a tqdm bar over decode steps.
+        prompt_keys: one int per prompt (default: its position in this call). A prompt's
+            paths depend only on (config.seed, its key, the model), never on the other
+            prompts of the call or its place among them: give each prompt a stable key
+            (e.g. its index in the dataset) to get the same result in any batch or shard.
 
     Returns an EagerOutput: results[i].paths / .answer per prompt, and metrics.
     """
@@ -115,33 +177,20 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
         warnings.warn(f"budget={cfg.budget!r} with temperature 0: the extra trees are greedy and repeat "
                       "the first pass's paths; use sampling (the paper policy) for budget stages",
                       RuntimeWarning, stacklevel=2)
-    prompts = _as_token_lists(inputs, tokenizer, attention_mask, chat_template)
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("generate: a prompt is empty (at least one token is needed)")
-    eos = _eos_ids(cfg, tokenizer, model)
-    stops = _stop_seqs(cfg, tokenizer)
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = eos[0] if eos else 0
+    prompts, keys, eos, stops, pad = _prepare(model, inputs, cfg, tokenizer, attention_mask, chat_template,
+                                              prompt_keys)
     G, M = len(prompts), cfg.max_paths_per_prompt
     metrics = Metrics()
     all_paths = [[] for _ in range(G)]
     peaks = [0] * G
     events = [0] * G
 
-    def stage(name, which, caps, seed):
-        raw, peak, bev = run_stage(model, [prompts[i] for i in which], caps, cfg, eos_ids=eos, stop_seqs=stops,
-                              pad_id=int(pad), seed=seed, metrics=metrics, progress=progress)
-        for j, i in enumerate(which):
-            peaks[i] = max(peaks[i], peak[j])
-            events[i] += bev[j]
-            for d in raw[j]:
-                text = tokenizer.decode(d["token_ids"], skip_special_tokens=True) if tokenizer is not None else None
-                all_paths[i].append(Path(prompt_index=i, stage=name, text=text, **d))
-        metrics.stages.append(name)
+    def stage(name, which, caps):
+        _stage(model, prompts, keys, which, caps, name, cfg, eos, stops, pad, tokenizer, metrics, progress,
+               all_paths, peaks, events)
 
     with torch.inference_mode():
-        stage("init", list(range(G)), [M] * G, cfg.seed)
+        stage("init", list(range(G)), [M] * G)
         if cfg.budget != "init":
             used = [len(p) for p in all_paths]
             partial = [PromptResult(paths=list(p), answer=_best(p)) for p in all_paths]
@@ -149,7 +198,7 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
                                      adapt_factor=cfg.adapt_factor)
             which = [i for i in range(G) if extras[i] > 0]
             if which:
-                stage(cfg.budget, which, [extras[i] for i in which], cfg.seed + 1)
+                stage(cfg.budget, which, [extras[i] for i in which])
 
     results = []
     for i in range(G):
