@@ -203,7 +203,7 @@ def _allocate(ray, out_dir: Path, cfg, n_prompts: int) -> dict:
 
     marker = out_dir / "allocation.json"
     if marker.exists():
-        return {int(k): v for k, v in json.loads(marker.read_text()).items()}
+        return {int(k): v for k, v in json.loads(marker.read_text())["extra_paths"].items()}
     M = cfg.max_paths_per_prompt
     files = [str(p) for p in sorted((out_dir / "init").glob("part-*.jsonl"))]
     ds = ray.data.read_json(files).select_columns(["key", "n_paths", "mean_entropy", "correct"])
@@ -222,7 +222,7 @@ def _allocate(ray, out_dir: Path, cfg, n_prompts: int) -> dict:
     extras = allocate_budget(used, M, **kw)
     out = {int(r["key"]): int(e) for r, e in zip(small, extras)}
     tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"saved": saved, **{str(k): v for k, v in out.items()}}))
+    tmp.write_text(json.dumps({"saved": saved, "extra_paths": {str(k): v for k, v in out.items()}}))
     os.replace(tmp, marker)
     return out
 
@@ -241,7 +241,8 @@ def generate_ray(model_factory: Callable, prompts, config, out_dir, *, workers: 
         workers, num_cpus, num_gpus: actors and their resources (one actor per GPU:
             num_gpus=1); threads: torch threads per actor (None: leave torch's default).
         batch_size: prompts per generate call in an actor.
-        verifier: budget "full": verifier(key, path) -> bool (picklable).
+        verifier: budget "full": verifier(key, path) -> bool (picklable; default
+            config.verifier, which then gets the prompt's key as its prompt index).
     Read the result with load_results(out_dir).
     """
     ray = init_ray(address)
@@ -251,6 +252,7 @@ def generate_ray(model_factory: Callable, prompts, config, out_dir, *, workers: 
     keys = [k for k, _ in rows]
     if len(set(keys)) != len(keys):
         raise ValueError("prompts: keys must be unique (they name the outputs)")
+    verifier = verifier or config.verifier
     common = dict(workers=workers, num_cpus=num_cpus, num_gpus=num_gpus, batch_size=batch_size, threads=threads,
                   verifier=verifier)
     M = config.max_paths_per_prompt

@@ -242,8 +242,8 @@ def run_stage(model, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: li
         add_lp = torch.cat([clp.reshape(-1).double(), torch.zeros(F, dtype=torch.float64, device=device)])
         ccum = cum[src] + add_lp
         cgrp = grp[src]
-        rank = torch.cat([arange_j.repeat(R), torch.zeros(F, dtype=torch.int64, device=device)])
-        ckey = child_keys(pkey[src], t, rank)
+        child_rank = torch.cat([arange_j.repeat(R), torch.zeros(F, dtype=torch.int64, device=device)])
+        ckey = child_keys(pkey[src], t, child_rank)
         c_eos = is_new & torch.isin(new_tok, eos_t)
         cfin = ~is_new | c_eos | (t + 1 >= T)
 
