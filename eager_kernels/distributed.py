@@ -331,43 +331,63 @@ class RayEvalRunner:
         self.chunk = chunk or max(1, min(evaluator.cfg.batch_size, -(-len(evaluator.tasks) // (2 * workers))))
         self.timings = []
 
-    def _map(self, method: str, theta, extras=None) -> None:
-        ev = self.ev
+    def _specs(self, method: str, theta, extras=None) -> list:
+        """The pending prompts of one method label, in chunks (one actor call each)."""
         from .evaluation.runner import label
 
-        lab = label(method, theta)
+        ev = self.ev
+        lab, init_lab = label(method, theta), label("eager_init", theta)
         pending = ev._pending(lab)
-        if not pending:
-            return
-        init_lab = label("eager_init", theta)
         specs = []
         for i in range(0, len(pending), self.chunk):
             ids = [t.id for t in pending[i: i + self.chunk]]
             init = [ev.store.get(ev.key(init_lab, j)) for j in ids] if extras is not None else []
             specs.append({"spec": json.dumps(dict(ids=ids, method=method, theta=theta, label=lab, extras=extras,
                                                   init=init))})
+        return specs
+
+    def _map(self, specs: list, what: str) -> None:
+        """One Ray Data pipeline over the chunks: one actor pool, the model loaded once per
+        actor; records stored (fsynced) on the driver as each chunk arrives."""
+        if not specs:
+            return
+        ev = self.ev
         t0 = time.perf_counter()
         ds = self.ray.data.from_items(specs).map_batches(
             _EvalActor, batch_size=1, compute=_pool(self.workers), num_cpus=self.num_cpus, num_gpus=self.num_gpus,
             fn_constructor_kwargs=dict(model_factory=self.factory, cfg=ev.cfg, threads=self.threads))
-        load = 0.0
+        load, prompts, first = 0.0, 0, None
         for b in ds.iter_batches(batch_size=1, batch_format="numpy"):
-            ev.store.add(json.loads(b["records"][0]))  # written (fsynced) as each chunk arrives
+            recs = json.loads(b["records"][0])
+            ev.store.add(recs)
+            prompts += len(recs)
             load = max(load, float(b["load_s"][0]))
-        self.timings.append(dict(label=lab, prompts=len(pending), wall_s=time.perf_counter() - t0, load_s=load))
+            first = first if first is not None else time.perf_counter() - t0
+        self.timings.append(dict(what=what, prompts=prompts, wall_s=time.perf_counter() - t0, load_s=load,
+                                 first_result_s=first))
+
+    def run_many(self, runs: Sequence) -> None:
+        """runs: (method, theta) pairs. Two pipelines: every independent method (and the
+        eager_init stage of the budget methods) together, then the budget methods with
+        their allocations computed on the driver from the eager_init records."""
+        ev = self.ev
+        runs = [(m, None if th is not None and th == ev.cfg.theta else th) for m, th in runs]
+        budget = [(m, th) for m, th in runs if m in ("eager_adapt", "eager_full")]
+        first = [(m, th if m == "eager_init" else None) for m, th in runs if m not in ("eager_adapt", "eager_full")]
+        first += [("eager_init", th) for _, th in budget]
+        specs, seen = [], set()
+        for m, th in first:
+            if (m, th) not in seen:
+                seen.add((m, th))
+                specs += self._specs(m, th)
+        self._map(specs, "independent methods and eager_init")
+        specs = []
+        for m, th in dict.fromkeys(budget):
+            specs += self._specs(m, th, extras=ev.allocate(m, th))
+        self._map(specs, "budget stages")
 
     def run(self, method: str, theta: Optional[float] = None) -> None:
-        ev = self.ev
-        if theta is not None and theta == ev.cfg.theta:
-            theta = None
-        if method in ("eager_adapt", "eager_full"):
-            from .evaluation.runner import label
-
-            if ev._pending(label("eager_init", theta)):
-                self._map("eager_init", theta)
-            self._map(method, theta, extras=ev.allocate(method, theta))
-        else:
-            self._map(method, theta if method == "eager_init" else None)
+        self.run_many([(method, theta)])
 
 
 def default_model_factory(path: Optional[str] = None):

@@ -84,17 +84,16 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, the
         f"run {ev.hash}: {done_before} records already in {store.path}"
         + (f" ({store.skipped_lines} unreadable lines ignored)" if store.skipped_lines else ""))
     t0 = time.perf_counter()
+    runs = [(m, None) for m in methods] + [(m, th) for th in theta_sweep or [] for m in sweep_methods]
     runner = ev
     if ray is not None:
         from ..distributed import RayEvalRunner
 
         runner = RayEvalRunner(ev, **ray)
-    for m in methods:
-        runner.run(m)
+        runner.run_many(runs)  # every method's prompts in two Ray pipelines
+    for m, th in runs:
+        runner.run(m, th)  # in process; on Ray: nothing left to run
     sweep = {}
-    for th in theta_sweep or []:
-        for m in sweep_methods:
-            runner.run(m, th)
     rows = [dict(method=m, **summarize(ev.records(m))) for m in methods]
     for m in sweep_methods if theta_sweep else []:
         sweep[m] = [(th, dict(method=label(m, th), **summarize(ev.records(ev.label(m, th)))))
