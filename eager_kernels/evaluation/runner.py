@@ -65,6 +65,7 @@ class EvalConfig:
         d["prompts_fingerprint"] = prompts_fingerprint
         d.pop("backend")  # every backend gives the same tokens
         d.pop("theta")  # part of the method label
+        d["keys"] = "per-prompt"  # samples keyed per prompt (not by batch row): older records differ
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
