@@ -143,8 +143,12 @@ struct Temperature {
   float at(int64_t r) const { return per_row ? per_row[r] : scalar; }
 };
 
+// The Philox key and counter. Scalar seed: key = seed, counter word 1 = the row index.
+// Per-row seeds (an int64 [B] tensor): key = seed[r], counter word 1 = 0, so a row's draws
+// depend on its own key only, never on its place in the batch.
 struct Counter {
   uint64_t seed = 0, offset = 0;
+  const int64_t* per_row_seed = nullptr;  // int64 [B], or null: `seed` for every row
 };
 
 struct RowResult {
@@ -207,7 +211,6 @@ void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Tem
   float* cval = chunk_val.data();
   int64_t* cid = chunk_id.data();
 
-  const uint32_t key0 = static_cast<uint32_t>(ctr.seed), key1 = static_cast<uint32_t>(ctr.seed >> 32);
   const uint32_t ctr2 = static_cast<uint32_t>(ctr.offset), ctr3 = static_cast<uint32_t>(ctr.offset >> 32);
   auto work = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
@@ -216,14 +219,15 @@ void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Tem
       p.row = base + r * row_bytes;
       p.begin = c * clen;
       p.end = std::min(vocab, p.begin + clen);
-      p.row_index = static_cast<uint32_t>(r);
+      const uint64_t key = ctr.per_row_seed ? static_cast<uint64_t>(ctr.per_row_seed[r]) : ctr.seed;
+      p.row_index = ctr.per_row_seed ? 0u : static_cast<uint32_t>(r);
       p.kp = kp;
       const float t = temp.at(r);
       p.sample = sample && t > 0.0f;
       p.temperature = t;
       p.noise_bound = t * gt.max();
-      p.key0 = key0;
-      p.key1 = key1;
+      p.key0 = static_cast<uint32_t>(key);
+      p.key1 = static_cast<uint32_t>(key >> 32);
       p.ctr2 = ctr2;
       p.ctr3 = ctr3;
       p.gumbel_bound = gt.bound;
@@ -586,6 +590,24 @@ uint64_t counter_from_tensor(const at::Tensor& t, const char* name) {
   return static_cast<uint64_t>(*t.data_ptr<int64_t>());
 }
 
+// seed: a one-element int64 tensor (one key for the batch) or an int64 [B] tensor (a key per
+// row; at B = 1 both forms draw the same numbers); `keep` holds the contiguous copy the Counter points into.
+Counter counter_from_tensors(const at::Tensor& seed, const at::Tensor& offset, int64_t rows, at::Tensor& keep) {
+  Counter ctr;
+  ctr.offset = counter_from_tensor(offset, "offset");
+  if (seed.numel() == 1) {
+    ctr.seed = counter_from_tensor(seed, "seed");
+    return ctr;
+  }
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "seed: expected an int64 tensor, got ", seed.scalar_type());
+  TORCH_CHECK_VALUE(seed.device().is_cpu(), "seed: expected a CPU tensor, got ", seed.device());
+  TORCH_CHECK_VALUE(seed.dim() == 1 && seed.size(0) == rows, "seed: expected one element or shape [", rows,
+                    "] (a key per row), got shape ", seed.sizes());
+  keep = seed.contiguous();
+  ctr.per_row_seed = keep.data_ptr<int64_t>();
+  return ctr;
+}
+
 at::Tensor entropy_op(const at::Tensor& logits, std::optional<int64_t> top_k) {
   return entropy_impl(logits, top_k.has_value() ? *top_k : 0);
 }
@@ -594,9 +616,9 @@ std::tuple<at::Tensor, at::Tensor> topk_op(const at::Tensor& logits, int64_t k) 
 
 at::Tensor sample_op(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& seed,
                      const at::Tensor& offset) {
-  at::Tensor keep;
+  at::Tensor keep, keep_seed;
   const Temperature temp = temperature_from_tensor(temperature, logits.size(0), keep);
-  return sample_impl(logits, temp, Counter{counter_from_tensor(seed, "seed"), counter_from_tensor(offset, "offset")});
+  return sample_impl(logits, temp, counter_from_tensors(seed, offset, logits.size(0), keep_seed));
 }
 
 at::Tensor threshold_op(const at::Tensor& values, const at::Tensor& count, const at::Tensor& group, double q,
@@ -613,11 +635,11 @@ StepOut step_op(const at::Tensor& logits, const at::Tensor& values, const at::Te
                 const at::Tensor& overflow, const at::Tensor& group, int64_t k, const at::Tensor& temperature,
                 std::optional<int64_t> entropy_top_k, double q, double theta, double initial,
                 const at::Tensor& seed, const at::Tensor& offset) {
-  at::Tensor keep;
+  at::Tensor keep, keep_seed;
   const Temperature temp = temperature_from_tensor(temperature, logits.size(0), keep);
   return step_impl(logits, values, count, overflow, group, k, temp,
                    entropy_top_k.has_value() ? *entropy_top_k : 0, q, theta, initial,
-                   Counter{counter_from_tensor(seed, "seed"), counter_from_tensor(offset, "offset")});
+                   counter_from_tensors(seed, offset, logits.size(0), keep_seed));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -638,6 +660,18 @@ uint64_t counter_from_py(py::handle h, const char* name) {
   return static_cast<uint64_t>(h.cast<int64_t>());
 }
 
+Counter counter_from_py(py::handle seed, py::handle offset, int64_t rows, at::Tensor& keep) {
+  if (THPVariable_Check(seed.ptr())) {
+    const at::Tensor s = THPVariable_Unpack(seed.ptr());
+    if (s.numel() != 1) {
+      const at::Tensor o = THPVariable_Check(offset.ptr()) ? THPVariable_Unpack(offset.ptr())
+                                                           : at::scalar_tensor(offset.cast<int64_t>(), i64());
+      return counter_from_tensors(s, o, rows, keep);
+    }
+  }
+  return Counter{counter_from_py(seed, "seed"), counter_from_py(offset, "offset")};
+}
+
 int64_t optional_int(py::handle h) { return h.is_none() ? 0 : h.cast<int64_t>(); }
 
 at::Tensor py_entropy(const at::Tensor& logits, py::handle top_k) { return entropy_impl(logits, optional_int(top_k)); }
@@ -645,7 +679,8 @@ at::Tensor py_entropy(const at::Tensor& logits, py::handle top_k) { return entro
 at::Tensor py_sample(const at::Tensor& logits, py::handle temperature, py::handle seed, py::handle offset) {
   at::Tensor keep;
   const Temperature temp = temperature_from_py(temperature, logits.size(0), keep);
-  return sample_impl(logits, temp, Counter{counter_from_py(seed, "seed"), counter_from_py(offset, "offset")});
+  at::Tensor keep_seed;
+  return sample_impl(logits, temp, counter_from_py(seed, offset, logits.size(0), keep_seed));
 }
 
 StepOut py_step(const at::Tensor& logits, const at::Tensor& values, const at::Tensor& count,
@@ -654,8 +689,9 @@ StepOut py_step(const at::Tensor& logits, const at::Tensor& values, const at::Te
                 py::handle offset) {
   at::Tensor keep;
   const Temperature temp = temperature_from_py(temperature, logits.size(0), keep);
+  at::Tensor keep_seed;
   return step_impl(logits, values, count, overflow, group, k, temp, optional_int(entropy_top_k), q, theta,
-                   initial, Counter{counter_from_py(seed, "seed"), counter_from_py(offset, "offset")});
+                   initial, counter_from_py(seed, offset, logits.size(0), keep_seed));
 }
 
 // The package's uniform stream as the kernels compute it (for the bit-exactness tests).

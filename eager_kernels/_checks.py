@@ -91,6 +91,39 @@ def check_counter(name: str, value) -> None:
         raise ValueError(f"{name}: expected a value in int64 range, got {value}")
 
 
+def check_seed(seed, rows: int, device):
+    """seed checked: a Python int or a one-element int64 tensor (one key for the batch; the
+    tensor comes back 0-dim), or an int64 tensor of shape [B] on `device`, a key per row
+    (per-row mode: row r draws from key seed[r] with the counter's row word 0, so its draws
+    do not depend on the batch). At B = 1 the two forms give the same draws."""
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64:
+            raise TypeError(f"seed: expected a Python int or an int64 tensor, got {seed.dtype}")
+        if seed.numel() == 1:
+            return seed.reshape(())
+        if seed.dim() != 1 or seed.shape[0] != rows:
+            raise ValueError(f"seed: expected a Python int, a one-element tensor or shape [{rows}] "
+                             f"(a key per row), got shape {tuple(seed.shape)}")
+        if seed.device != torch.device(device):
+            raise ValueError(f"seed: a per-row seed tensor must be on {device} (the logits' device), "
+                             f"got {seed.device}")
+        return seed.contiguous()
+    check_counter("seed", seed)
+    return seed
+
+
+def is_per_row_seed(seed) -> bool:
+    """True for a key-per-row seed (an int64 tensor with other than one element)."""
+    return isinstance(seed, torch.Tensor) and seed.numel() != 1
+
+
+def seed_tensor(seed, device) -> torch.Tensor:
+    """A checked seed as the registered ops take it: 0-dim int64, or int64 [B] per row."""
+    if is_per_row_seed(seed):
+        return seed
+    return counter_tensor(seed, device)
+
+
 def counter_tensor(value, device) -> torch.Tensor:
     """A 0-dim int64 tensor on `device`; ints become a fill, not a host-to-device copy."""
     if isinstance(value, torch.Tensor):

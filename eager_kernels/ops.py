@@ -41,7 +41,7 @@ def _random_args(temperature, seed, offset, rows, device):
     temp = _checks.check_temperature(temperature, rows, device)
     if not _compiling():
         return temp, seed, offset
-    return (_checks.temperature_tensor(temp, rows, device), _checks.counter_tensor(seed, device),
+    return (_checks.temperature_tensor(temp, rows, device), _checks.seed_tensor(seed, device),
             _checks.counter_tensor(offset, device))
 
 
@@ -75,10 +75,13 @@ def sample(logits: torch.Tensor, *, temperature, seed, offset=0, backend: str = 
     """One token per row from softmax(logits / temperature) by the Gumbel-max trick on the
     package's Philox stream keyed by (seed, offset, row, column); temperature 0 is greedy.
     temperature: float or Tensor[B]; seed, offset: Python ints or one-element int64
-    tensors (tensors keep a captured graph valid across steps). Returns int64 [B]."""
+    tensors (tensors keep a captured graph valid across steps). seed may also be an int64
+    tensor [B], a key per row: row r then draws with key seed[r] and row word 0, so
+    sample(x, seed=keys)[r] == sample(x[r:r+1], seed=int(keys[r]))[0] whatever the batch.
+    Returns int64 [B]."""
     backend = _prepare(logits, backend)
     rows = logits.shape[0]
-    _checks.check_counter("seed", seed)
+    seed = _checks.check_seed(seed, rows, logits.device)
     _checks.check_counter("offset", offset)
     temp, seed, offset = _random_args(temperature, seed, offset, rows, logits.device)
     if rows == 0:
@@ -120,7 +123,7 @@ def eager_step(
     q = _checks.check_fraction("q", q, 0.0, 100.0)
     theta = _checks.check_finite_number("theta", theta)
     initial_threshold = _checks.check_finite_number("initial_threshold", initial_threshold)
-    _checks.check_counter("seed", seed)
+    seed = _checks.check_seed(seed, rows, logits.device)
     _checks.check_counter("offset", offset)
     temp, seed, offset = _random_args(temperature, seed, offset, rows, logits.device)
     group = history.check_group(group, rows, check_values=backend != "cpu" or _compiling())

@@ -125,14 +125,23 @@ def philox_uniform(seed, offset, rows: int, cols: int, device=None) -> torch.Ten
     Column j of row r is lane (j % 4) of Philox-4x32-10 with key = seed (64 bits, low word
     first, as tl.philox splits it) and counter = (j // 4, r, offset low word, offset high
     word). seed and offset are Python ints or int64 tensors of one element.
+    Per-row mode: seed an int64 tensor [rows] (more than one element): row r uses key
+    seed[r] and counter word 1 = 0, so its numbers do not depend on its place in the batch.
     Traffic: about 8 int64 [rows, cols/4] temporaries per round: slow, and only an oracle.
     """
-    seed = torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(())
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
+    per_row = seed.numel() != 1
+    seed = seed.reshape(-1, 1) if per_row else seed.reshape(())
+    if per_row and seed.shape[0] != rows:
+        raise ValueError(f"seed: expected one element or shape [{rows}], got {seed.shape[0]} elements")
     offset = torch.as_tensor(offset, dtype=torch.int64, device=seed.device).reshape(())
     device = seed.device
     quads = (cols + 3) // 4
     c0 = torch.arange(quads, dtype=torch.int64, device=device).expand(rows, quads)
-    c1 = torch.arange(rows, dtype=torch.int64, device=device)[:, None].expand(rows, quads)
+    if per_row:
+        c1 = torch.zeros((rows, quads), dtype=torch.int64, device=device)
+    else:
+        c1 = torch.arange(rows, dtype=torch.int64, device=device)[:, None].expand(rows, quads)
     c2 = (offset & _M32).expand(rows, quads)
     c3 = ((offset >> 32) & _M32).expand(rows, quads)
     k0 = seed & _M32
@@ -153,7 +162,7 @@ def gumbel_scores(logits: torch.Tensor, temperature, seed, offset) -> torch.Tens
     This is the Gumbel-max trick written as x + T * Gumbel, which needs no division and
     turns into the plain arg-max at T = 0. All in float32, in this order of operations,
     in every backend. temperature: a float or a [B] tensor; seed, offset: ints or
-    one-element int64 tensors.
+    one-element int64 tensors, or seed an int64 [B] tensor (a key per row).
     """
     x = logits.float()
     rows, cols = x.shape

@@ -134,7 +134,7 @@ def _partial_kernel(
     hist_values_ptr, hist_stride, hist_count_ptr, group_ptr, q32, theta, initial, thr_ptr,
     BLOCK: tl.constexpr, KP: tl.constexpr, TOPK: tl.constexpr, STATS: tl.constexpr,
     SAMPLE: tl.constexpr, TEMP_IS_PTR: tl.constexpr, COUNTERS_ARE_PTRS: tl.constexpr,
-    THRESHOLD: tl.constexpr,
+    SEED_PER_ROW: tl.constexpr, THRESHOLD: tl.constexpr,
 ):
     row = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -155,8 +155,14 @@ def _partial_kernel(
             temp = tl.load(temp_ptr + row)
         else:
             temp = temp_scalar
+        # Philox counter word 1: the row, or 0 with a key per row (batch-invariant draws).
+        row_word = row
         if COUNTERS_ARE_PTRS:
-            seed = tl.load(seed_ptr)
+            if SEED_PER_ROW:
+                seed = tl.load(seed_ptr + row)
+                row_word = row * 0
+            else:
+                seed = tl.load(seed_ptr)
             offset = tl.load(offset_ptr)
         else:
             seed = seed_scalar
@@ -191,7 +197,7 @@ def _partial_kernel(
                 # The noise is at most temp * GUMBEL_MAX: a block that cannot beat the best
                 # score needs no random numbers.
                 if block_max + temp * 24.0 >= best:
-                    log_e = _gumbel_log_e(seed, offset, row, block_start // 4 + tl.arange(0, BLOCK // 4), BLOCK // 4)
+                    log_e = _gumbel_log_e(seed, offset, row_word, block_start // 4 + tl.arange(0, BLOCK // 4), BLOCK // 4)
                     score = tl.where(valid, x - temp * log_e, -float("inf"))
                     block_best = tl.max(score, axis=0)
                     if block_best > best:
@@ -420,8 +426,9 @@ def _run(logits, *, entropy_top_k=None, want_entropy=False, k=0, temperature=Non
 
     temp_is_ptr = isinstance(temperature, torch.Tensor)
     counters_are_ptrs = isinstance(seed, torch.Tensor) or isinstance(offset, torch.Tensor)
+    seed_per_row = _checks.is_per_row_seed(seed)
     if counters_are_ptrs:
-        seed = _checks.counter_tensor(seed, dev)
+        seed = seed.contiguous() if seed_per_row else _checks.counter_tensor(seed, dev)
         offset = _checks.counter_tensor(offset, dev)
     if history is not None:
         h_values, h_count, h_overflow = history
@@ -437,7 +444,7 @@ def _run(logits, *, entropy_top_k=None, want_entropy=False, k=0, temperature=Non
         offset if counters_are_ptrs else stats, 0 if counters_are_ptrs else int(offset),
         stats, keys, best, best_col, *hist_args,
         BLOCK=block, KP=kp, TOPK=topk, STATS=need_sums, SAMPLE=sample, TEMP_IS_PTR=temp_is_ptr,
-        COUNTERS_ARE_PTRS=counters_are_ptrs, THRESHOLD=history is not None,
+        COUNTERS_ARE_PTRS=counters_are_ptrs, SEED_PER_ROW=seed_per_row, THRESHOLD=history is not None,
         num_warps=cfg["num_warps"], **_NUMERICS,
     )
     b_p = max(2, triton.next_power_of_2(rows)) if history is not None else 2

@@ -103,3 +103,95 @@ def test_sample_distribution(backend, temperature):
 def test_sample_empty_batch(backend):
     name, device = backend
     assert ek.sample(torch.empty(0, 5, device=device), temperature=1.0, seed=0, backend=name).shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-row seeds: a key per row, draws independent of the batch
+# ---------------------------------------------------------------------------------------
+
+KEYS = [5, -3, 2**40 + 7, 5, 0]
+
+
+@pytest.mark.parametrize("temperature", [0.7, "rows"])
+def test_per_row_seed_is_batch_invariant(backend, temperature):
+    """sample(x, seed=keys)[r] == sample(x[r:r+1], seed=int(keys[r]))[0], the reference
+    stream per row, and equal keys on equal rows give equal draws."""
+    name, device = backend
+    x = make_logits(5, 600, seed=11, device=device)
+    x[3] = x[0]  # rows 0 and 3 share a key and their logits
+    keys = torch.tensor(KEYS, device=device)
+    temp = torch.tensor([0.7, 1.3, 0.0, 0.7, 2.0], device=device) if temperature == "rows" else temperature
+    got = ek.sample(x, temperature=temp, seed=keys, offset=9, backend=name).cpu()
+    want = reference.sample(x.cpu(), temp.cpu() if isinstance(temp, torch.Tensor) else temp, keys.cpu(), 9)
+    assert torch.equal(got, want)
+    for r in range(5):
+        t_r = temp[r:r + 1] if isinstance(temp, torch.Tensor) else temp
+        alone = ek.sample(x[r:r + 1], temperature=t_r, seed=KEYS[r], offset=9, backend=name)
+        assert int(alone) == int(got[r])
+    assert got[0] == got[3]
+    # another order of the rows: the same draws, permuted
+    perm = torch.tensor([4, 2, 0, 1, 3])
+    again = ek.sample(x[perm.to(device)], temperature=temp[perm.to(device)] if isinstance(temp, torch.Tensor) else temp,
+                      seed=keys[perm.to(device)], offset=9, backend=name).cpu()
+    assert torch.equal(again, got[perm])
+
+
+def test_per_row_stream_rows_differ_by_key():
+    """The per-row stream: row r is the scalar stream of key keys[r] at row 0."""
+    keys = torch.tensor([3, 4, 3])
+    u = reference.philox_uniform(keys, 2, 3, 50)
+    assert torch.equal(u[0], u[2]) and not torch.equal(u[0], u[1])
+    assert torch.equal(u[1:2], reference.philox_uniform(4, 2, 1, 50))
+    assert not torch.equal(u, reference.philox_uniform(3, 2, 3, 50))  # not the scalar stream
+
+
+def test_per_row_seed_statistics(backend):
+    """Distinct keys on identical rows give independent draws from softmax(x / T)."""
+    name, device = backend
+    if name == "triton" and INTERPRETED:
+        pytest.skip("slow under the interpreter; its per-row draws equal the reference's (tests above)")
+    draws = 20_000
+    logits = torch.tensor([1.0, 0.5, 0.0, -0.5, 2.0, float("-inf"), 1.5, -1.0, 0.2])
+    x = logits.expand(draws, -1).contiguous().to(device)
+    keys = torch.arange(draws, device=device) * 7919 + 3
+    tokens = ek.sample(x, temperature=1.0, seed=keys, offset=0, backend=name).cpu()
+    counts = torch.bincount(tokens, minlength=9).double()
+    probs = torch.softmax(logits.double(), -1)
+    keep = probs > 0
+    assert counts[5] == 0 and _chi_square(counts[keep], probs[keep]) < 31.3
+
+
+def test_per_row_seed_errors(backend):
+    name, device = backend
+    x = make_logits(3, 50, seed=1, device=device)
+    with pytest.raises(TypeError, match="seed: expected .*int64"):
+        ek.sample(x, temperature=1.0, seed=torch.tensor([1, 2, 3], dtype=torch.int32, device=device), backend=name)
+    with pytest.raises(ValueError, match=r"seed: .*shape \[3\]"):
+        ek.sample(x, temperature=1.0, seed=torch.tensor([1, 2], device=device), backend=name)
+    with pytest.raises(ValueError, match=r"seed: .*shape \[3\]"):
+        ek.sample(x, temperature=1.0, seed=torch.ones(3, 1, dtype=torch.int64, device=device), backend=name)
+    if device == "cpu":
+        meta = torch.tensor([1, 2, 3], device="meta")
+        with pytest.raises(ValueError, match="seed: a per-row seed tensor must be on cpu"):
+            ek.sample(x, temperature=1.0, seed=meta, backend=name)
+
+
+def test_per_row_seed_dispatcher_op():
+    """The registered op (what torch.compile traces) takes the [B] seed too."""
+    x = make_logits(4, 300, seed=2)
+    keys = torch.tensor([1, 2, 3, 4])
+    op = torch.ops.eager_kernels.sample.default
+    got = op(x, torch.full((4,), 0.8), keys, torch.tensor(6))
+    assert torch.equal(got, reference.sample(x, 0.8, keys, 6))
+    # a one-element seed of any shape is the scalar form
+    assert torch.equal(op(x, torch.full((4,), 0.8), torch.tensor([[6]]), torch.tensor(6)),
+                       reference.sample(x, 0.8, 6, 6))
+
+
+@pytest.mark.slow
+def test_per_row_seed_compiled():
+    """torch.compile(fullgraph=True) traces the per-row seed through the registered op."""
+    x = make_logits(4, 300, seed=2)
+    keys = torch.tensor([1, 2, 3, 4])
+    compiled = torch.compile(lambda x, s: ek.sample(x, temperature=0.8, seed=s, offset=6), fullgraph=True)
+    assert torch.equal(compiled(x, keys), reference.sample(x, 0.8, keys, 6))

@@ -135,6 +135,12 @@ def _variants(tk):
                            torch.empty((), dtype=torch.int64, device=META),
                            torch.empty((), dtype=torch.int64, device=META))),
         ("sample seed and offset beyond int32", lambda: tk.sample(logits(4, 32000, f32), 0.6, 2**62 + 5, 2**40)),
+        ("sample per-row seeds (a key per row), int offset",
+         lambda: tk.sample(logits(4, 32000, f32), 0.6, torch.empty(4, dtype=torch.int64, device=META), 3)),
+        ("eager_step per-row seeds, tensor offset",
+         lambda: tk.eager_step(logits(16, 49152, f32), *history(4, 256, 16), 3, 0.6, 20, 80.0, 2.2, 2.2,
+                               torch.empty(16, dtype=torch.int64, device=META),
+                               torch.empty((), dtype=torch.int64, device=META))),
     ]
     for rows in (1, 64, 300):
         values, count, overflow, group = history(8, 1 << 16, rows)

@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from . import analysis
 from .report import (CI_COLUMNS, branching_table, markdown_table, paired_text, plot_branching,
@@ -93,15 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf", default=None, help="GGUF file for --engine llamacpp (default: the default model)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the prompts on Ray workers (eager_kernels.distributed): ADDRESS of a "
+                        "cluster (e.g. auto), or none for RAY_ADDRESS / a local Ray")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors, each loads the model once (default 1)")
+    p.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
+    p.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per Ray actor (default 0; 1 = one per GPU)")
     return p
 
 
 def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, theta_sweep=None,
              sweep_methods=SWEEP_METHODS, plot: bool = True, progress: bool = True, log=print,
-             suite=None) -> dict:
+             suite=None, ray: Optional[dict] = None) -> dict:
     """Run (or resume) the evaluation; returns {"rows", "sweep", "files", "run", "paired",
-    "branching"}. model: what eager_kernels.generate takes (a transformers model or an
-    engine), passed straight through; suite: default build_suite(cfg)."""
+    "branching"} (and "ray_timings" on Ray). model: what eager_kernels.generate takes (a
+    transformers model or an engine), passed straight through; suite: default
+    build_suite(cfg); ray: the keyword arguments of distributed.RayEvalRunner
+    (model_factory, workers, address, ...) to run the prompts on Ray workers instead of in
+    this process (the same records)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.jsonl")
@@ -112,12 +122,16 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, the
         f"run {ev.hash}: {done_before} records already in {store.path}"
         + (f" ({store.skipped_lines} unreadable lines ignored)" if store.skipped_lines else ""))
     t0 = time.perf_counter()
-    for m in methods:
-        ev.run(m)
+    runs = [(m, None) for m in methods] + [(m, th) for th in theta_sweep or [] for m in sweep_methods]
+    runner = ev
+    if ray is not None:
+        from ..distributed import RayEvalRunner
+
+        runner = RayEvalRunner(ev, **ray)
+        runner.run_many(runs)  # every method's prompts in two Ray pipelines
+    for m, th in runs:
+        runner.run(m, th)  # in process; on Ray: nothing left to run
     sweep = {}
-    for th in theta_sweep or []:
-        for m in sweep_methods:
-            ev.run(m, th)
     rows = [dict(method=m, **summarize(ev.records(m))) for m in methods]
     for m in sweep_methods if theta_sweep else []:
         sweep[m] = [(th, dict(method=label(m, th), **summarize(ev.records(ev.label(m, th)))))
@@ -161,7 +175,10 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, the
                                                        out / "theta_sweep.png", title=title))
     log("\n" + text)
     log(f"this invocation: {elapsed:.1f} s; files: " + ", ".join(files.values()))
-    return {"rows": rows, "sweep": sweep, "files": files, "run": ev.hash, "paired": paired, "branching": branch}
+    result = {"rows": rows, "sweep": sweep, "files": files, "run": ev.hash, "paired": paired, "branching": branch}
+    if ray is not None:
+        result["ray_timings"] = runner.timings
+    return result
 
 
 def choose_theta(parallel_row: dict, sweep: list) -> dict:
@@ -235,18 +252,25 @@ def main(argv=None) -> int:
 
             verify_answer("1", "1")  # math-verify present (a clear error now, not mid-run)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"eval: {e}", file=sys.stderr)
-        return 2
+        parser.error(" ".join(str(e).split()))
     if args.threads is not None:
         if args.threads < 1:
-            print("eval: --threads must be >= 1", file=sys.stderr)
-            return 2
+            parser.error("--threads must be >= 1")
         import torch
 
         torch.set_num_threads(args.threads)
     from ..engines.select import load, resolve
     from ..models import load_default_model, load_model
 
+    ray = None
+    if args.ray is not None:
+        if args.workers < 1:
+            parser.error("--workers must be >= 1")
+        from ..distributed import default_model_factory
+
+        on = resolve(args.engine, model_dir=args.model)
+        ray = dict(model_factory=default_model_factory(args.model, engine=on, gguf=args.gguf), workers=args.workers,
+                   address=args.ray or None, num_cpus=args.worker_cpus, num_gpus=args.worker_gpus)
     t0 = time.perf_counter()
     engine = resolve(args.engine, model_dir=args.model)
     if engine == "llamacpp":
@@ -264,5 +288,6 @@ def main(argv=None) -> int:
                  progress=not args.no_progress, suite=suite)
         return 0
     run_eval(model, tok, cfg, args.out, methods=args.methods, theta_sweep=args.theta_sweep,
-             sweep_methods=args.sweep_methods, plot=not args.no_plot, progress=not args.no_progress, suite=suite)
+             sweep_methods=args.sweep_methods, plot=not args.no_plot, progress=not args.no_progress, suite=suite,
+             ray=ray)
     return 0

@@ -24,9 +24,10 @@ eager_adapt and eager_full reuse the eager_init records of the same theta (they 
 first stage; its tokens and time are counted in theirs) and share the saved budget over
 the whole suite, not per batch: the allocation is computed from all init records, then the
 extra stages run in batches of prompts that receive the same number of extra paths, with
-seed + 1 (as generate(budget=...) does). Sampling draws are keyed by (seed, step, row), so
-the samples depend on how prompts are batched: a run is reproducible for the same batch
-size (part of the run hash); a resumed run may batch the remaining prompts differently.
+seed + 1. Each prompt's key is its index in the suite (generate's prompt_keys; parallel's
+j-th sample of task i has key mix(i, j)), so a prompt's samples do not depend on how the
+prompts are batched or sharded (in process or on Ray workers, see distributed.py), up to
+the last bits of the model's logits in a padded batch.
 
 Tokens: a method's tokens are the sum of metrics.tokens_generated of its generate() calls
 (exact, EOS included, prompt and padding excluded); the per-prompt `tokens` of a record
@@ -76,6 +77,7 @@ class EvalConfig:
         d["prompts_fingerprint"] = prompts_fingerprint
         d.pop("backend")  # every backend gives the same tokens
         d.pop("theta")  # part of the method label
+        d["keys"] = "per-prompt"  # samples keyed per prompt (not by batch row): older records differ
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -183,12 +185,13 @@ class Evaluator:
         return tqdm(total=total, initial=done, desc=f"{lab:<22}", unit="prompt", disable=not self.progress,
                     dynamic_ncols=True)
 
-    def _call(self, ids: list, config) -> tuple:
-        """The one place the evaluation calls generate() (every method, every stage)."""
+    def _call(self, ids: list, config, keys: list) -> tuple:
+        """The one place the evaluation calls generate() (every method, every stage); keys:
+        each prompt's key (its task id, or a mix of it for parallel samples)."""
         from .. import generate
 
         t0 = time.perf_counter()
-        out = generate(self.model, ids, config, tokenizer=self.tok)
+        out = generate(self.model, ids, config, tokenizer=self.tok, prompt_keys=keys)
         return out, time.perf_counter() - t0
 
     @staticmethod
@@ -242,8 +245,10 @@ class Evaluator:
             ids = [self.prompt_ids[t.id] for t in chunk]
             recs = []
             if method == "parallel":
-                out, wall = self._call([x for x in ids for _ in range(M)],
-                                       self._paper(NO_BRANCH, 1))
+                from ..sampler.keys import mix_int
+
+                out, wall = self._call([x for x in ids for _ in range(M)], self._paper(NO_BRANCH, 1),
+                                       [mix_int(t.id, j) for t in chunk for j in range(M)])
                 info = self._batch_info(bid, out, wall, len(chunk))
                 for j, t in enumerate(chunk):
                     res = out.results[j * M:(j + 1) * M]
@@ -261,7 +266,7 @@ class Evaluator:
                     config = self._eager_config(policy="seed", max_paths_per_prompt=M, prune_to=M)
                 else:
                     raise ValueError(f"unknown method {method!r}")
-                out, wall = self._call(ids, config)
+                out, wall = self._call(ids, config, [t.id for t in chunk])
                 info = self._batch_info(bid, out, wall, len(chunk))
                 for j, t in enumerate(chunk):
                     r = out.results[j]
@@ -277,11 +282,25 @@ class Evaluator:
             self._postfix(bar, lab, spent)
         bar.close()
 
-    def run_budget(self, method: str, theta: Optional[float] = None) -> None:
-        """eager_adapt / eager_full: the init stage (eager_init records of this theta, run
-        first when missing), the suite-wide allocation, then the extra stages."""
+    def allocate(self, method: str, theta: Optional[float] = None) -> list:
+        """Extra paths per task id for eager_adapt / eager_full, from the eager_init records
+        of this theta (all of them must be in the store)."""
         from .. import allocate_budget
 
+        init = {r["prompt_id"]: r for r in self.records(label("eager_init", theta))}
+        M = self.cfg.max_paths
+        used = [init[t.id]["n_paths"] for t in self.tasks]
+        if method == "eager_adapt":
+            return allocate_budget(used, M, mode="adapt")
+        # eager_full: the task's exact answer is the verifier (a record's path "correct")
+        correct = [any(p["correct"] for p in init[t.id]["paths"]) for t in self.tasks]
+        return allocate_budget(used, M, mode="full", correct=correct)
+
+    def run_budget(self, method: str, theta: Optional[float] = None, extras: Optional[list] = None) -> None:
+        """eager_adapt / eager_full: the init stage (eager_init records of this theta, run
+        first when missing), the suite-wide allocation (or `extras`, extra paths per task
+        id computed elsewhere: the Ray runner's workers get the driver's), then the extra
+        stages."""
         mode = {"eager_adapt": "adapt", "eager_full": "full"}[method]
         lab, init_lab = label(method, theta), label("eager_init", theta)
         th = self.cfg.theta if theta is None else theta
@@ -289,25 +308,8 @@ class Evaluator:
             self.run_simple("eager_init", theta)
         init = {r["prompt_id"]: r for r in self.records(init_lab)}
         M = self.cfg.max_paths
-        used = [init[t.id]["n_paths"] for t in self.tasks]
-        if mode == "adapt":
-            extras = allocate_budget(used, M, mode="adapt")
-        else:
-            tasks, judge = self.tasks, self.suite.judge
-
-            class _P:  # what the verifier sees of a path: its text
-                def __init__(self, text):
-                    self.text = text
-
-            class _R:
-                def __init__(self, rec):
-                    self.paths = [_P(p["text"]) for p in rec["paths"]]
-
-            def verifier(i, path) -> bool:
-                return bool(judge(path.text, tasks[i])[1])
-
-            extras = allocate_budget(used, M, mode="full", verifier=verifier,
-                                     results=[_R(init[t.id]) for t in self.tasks])
+        if extras is None:
+            extras = self.allocate(method, theta)
         pending = self._pending(lab)
         bar = self._bar(lab, len(self.tasks), len(self.tasks) - len(pending))
 
@@ -335,7 +337,8 @@ class Evaluator:
             per_call = max(1, (self.cfg.batch_size * M) // n_extra)
             for chunk in self._chunks(group, per_call):
                 bid = f"{lab}/{mode}/{chunk[0].id}-{chunk[-1].id}:{len(chunk)}x{n_extra}"
-                out, wall = self._call([self.prompt_ids[t.id] for t in chunk], self._paper(th, n_extra, 1))
+                out, wall = self._call([self.prompt_ids[t.id] for t in chunk], self._paper(th, n_extra, 1),
+                                       [t.id for t in chunk])
                 info = self._batch_info(bid, out, wall, len(chunk))
                 recs = []
                 for j, t in enumerate(chunk):

@@ -69,8 +69,9 @@ def _math_verify():
     try:
         import math_verify
     except ImportError as e:  # pragma: no cover - exercised only without the package
-        raise ImportError("the GSM8K / --dataset suites judge answers with math-verify: "
-                          "pip install 'eager-kernels[eval]' (or pip install math-verify)") from e
+        from ..errors import MissingExtraError
+
+        raise MissingExtraError("math-verify", "eval", "the GSM8K / --dataset suites (their answer judge)") from e
     for name in ("math_verify", "math_verify.parser", "math_verify.grader", "math_verify.utils"):
         lg = logging.getLogger(name)
         if not any(isinstance(f, _NoTimeoutNotice) for f in lg.filters):

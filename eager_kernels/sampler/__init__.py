@@ -10,7 +10,7 @@ transformers is imported on the first generate() call, not here.
 from .budget import allocate_budget, entropy_scaled_allocation, saved_budget
 from .config import DEFAULT, EagerConfig, EagerOutput, Metrics, Path, PromptResult
 from .decode import EagerMemoryError, kv_bytes_per_token
-from .generate import generate
+from .generate import generate, generate_stage
 
 __all__ = [
     "DEFAULT",
@@ -23,6 +23,7 @@ __all__ = [
     "allocate_budget",
     "entropy_scaled_allocation",
     "generate",
+    "generate_stage",
     "kv_bytes_per_token",
     "saved_budget",
 ]

@@ -8,7 +8,9 @@ go on, finished rows kept, whether the cache order changed, branch events). Ever
 stays on the device:
 
 - the path table: generated tokens [N, T], entropies [N, T], branch marks [N, T], cumulative
-  log-probability, branch count, group (prompt), finished / stopped flags. Rows 0..R-1 are
+  log-probability, branch count, group (prompt), finished / stopped flags, and each path's
+  random key (keys.py: from the stage, the prompt's key and the path's lineage, never its
+  row, so a prompt's paths do not depend on its batch). Rows 0..R-1 are
   the active paths in the cache's row order; rows R..N-1 are finished paths still held
   (they count toward M in the paper policy and compete in pruning in the seed policy).
 - each step expands every active row into its children (1, or n on a branch), adds the
@@ -29,6 +31,7 @@ from ..engines.base import Engine
 from ..engines.transformers import kv_bytes_per_token  # noqa: F401  (re-exported by the sampler)
 from ..history import EntropyHistory
 from .config import EagerConfig
+from .keys import child_keys, root_keys
 
 
 class EagerMemoryError(MemoryError):
@@ -91,10 +94,12 @@ def _segmented_rank(score: torch.Tensor, grp: torch.Tensor, num_groups: int) -> 
 
 
 def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eos_ids: list,
-              stop_seqs: list, seed: int, metrics, progress=None) -> tuple:
+              stop_seqs: list, seed: int, metrics, progress=None, prompt_keys=None) -> tuple:
     """Decode one tree per prompt (prompts: lists of token ids, caps: M per prompt) on
-    `engine`. Returns (per prompt: a list of raw path dicts, the peak number of active rows,
-    the number of branch events) and updates `metrics` in place. The caller releases the
+    `engine`. seed: the stage's key (keys.stage_key); prompt_keys: one int per prompt
+    (default 0..G-1); each path samples with its own key (per-row seed of eager_step).
+    Returns (per prompt: a list of raw path dicts, the peak number of active rows, the
+    number of branch events) and updates `metrics` in place. The caller releases the
     engine's cache (engine.release()), also when this raises."""
     device = engine.device
     G = len(prompts)
@@ -125,6 +130,7 @@ def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eo
     nbr = torch.zeros(G, dtype=torch.int64, device=device)
     length = torch.zeros(G, dtype=torch.int64, device=device)
     grp = torch.arange(G, dtype=torch.int64, device=device)
+    pkey = root_keys(seed, range(G) if prompt_keys is None else prompt_keys, device)
     eosf = torch.zeros(G, dtype=torch.bool, device=device)
     stopped = torch.zeros(G, dtype=torch.bool, device=device)
     R, N = G, G
@@ -146,7 +152,7 @@ def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eo
         agrp = grp[:R]
         res = ops.eager_step(logits, history, agrp, k=k, temperature=cfg.temperature,
                              entropy_top_k=cfg.entropy_top_k, q=cfg.q, theta=cfg.theta,
-                             initial_threshold=cfg.initial_threshold, seed=seed, offset=t,
+                             initial_threshold=cfg.initial_threshold, seed=pkey[:R], offset=t,
                              backend=cfg.backend)
         # How many children each row opens.
         want = res.branch & ~stopped[:R]
@@ -185,6 +191,8 @@ def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eo
         add_lp = torch.cat([clp.reshape(-1).double(), torch.zeros(F, dtype=torch.float64, device=device)])
         ccum = cum[src] + add_lp
         cgrp = grp[src]
+        child_rank = torch.cat([arange_j.repeat(R), torch.zeros(F, dtype=torch.int64, device=device)])
+        ckey = child_keys(pkey[src], t, child_rank)
         c_eos = is_new & torch.isin(new_tok, eos_t)
         cfin = ~is_new | c_eos | (t + 1 >= T)
 
@@ -214,6 +222,7 @@ def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eo
         nbr = nbr[s] + par_branched.to(torch.int64)
         length = torch.where(new, torch.full_like(s, t + 1), length[s])
         grp = cgrp[sel]
+        pkey = ckey[sel]
         eosf = eosf[s] | c_eos[sel]
         stopped = stopped[s]
         for seq in stops:

@@ -10,6 +10,7 @@ from ..engines.base import as_engine, check_token_ids
 from .budget import allocate_budget
 from .config import EagerConfig, EagerOutput, Metrics, Path, PromptResult
 from .decode import run_stage
+from .keys import check_prompt_keys, stage_key
 
 
 def _as_token_lists(inputs, tokenizer, attention_mask, chat_template) -> list:
@@ -90,9 +91,75 @@ def _best(paths) -> Optional[Path]:
     return best
 
 
+def _prepare(engine, inputs, cfg, tokenizer, attention_mask, chat_template, prompt_keys):
+    """Token ids, prompt keys, EOS ids and stop sequences, all checked against the engine's
+    vocabulary before anything is decoded."""
+    prompts = _as_token_lists(inputs, tokenizer, attention_mask, chat_template)
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: a prompt is empty (at least one token is needed)")
+    keys = check_prompt_keys(prompt_keys, len(prompts))
+    V = engine.vocab_size
+    check_token_ids(prompts, V)
+    eos = _eos_ids(cfg, tokenizer, engine)
+    check_token_ids([eos], V, "eos_token_id")
+    stops = _stop_seqs(cfg, tokenizer)
+    check_token_ids(stops, V, "stop_branching_at / stop_branching_ids")
+    return prompts, keys, eos, stops
+
+
+def _stage(engine, prompts, keys, which, caps, name, cfg, eos, stops, tokenizer, metrics, progress,
+           all_paths, peaks, events):
+    """One budget stage for the prompts `which` (caps: paths each), keyed by the stage's name."""
+    try:
+        raw, peak, bev = run_stage(engine, [prompts[i] for i in which], caps, cfg, eos_ids=eos, stop_seqs=stops,
+                                   seed=stage_key(cfg.seed, name), metrics=metrics, progress=progress,
+                                   prompt_keys=[keys[i] for i in which])
+    finally:
+        engine.release()
+    for j, i in enumerate(which):
+        peaks[i] = max(peaks[i], peak[j])
+        events[i] += bev[j]
+        for d in raw[j]:
+            text = tokenizer.decode(d["token_ids"], skip_special_tokens=True) if tokenizer is not None else None
+            all_paths[i].append(Path(prompt_index=i, stage=name, text=text, **d))
+    metrics.stages.append(name)
+
+
+def generate_stage(model, inputs, config: EagerConfig, *, stage: str, caps: Sequence[int], tokenizer=None,
+                   prompt_keys: Optional[Sequence[int]] = None, chat_template: Optional[bool] = None,
+                   progress: bool = False) -> EagerOutput:
+    """One budget stage on its own: a tree of at most caps[i] paths for prompt i, drawn
+    with the stage's key (config.seed and the stage's name, "init" or config.budget) and
+    each prompt's key. generate(budget=...) is generate_stage("init", [M] * G), then
+    generate_stage(config.budget, extras) for the prompts that get extra paths; running the
+    stages apart (e.g. on Ray workers, with the allocation computed in between) gives the
+    same paths."""
+    cfg = config
+    cfg.validate()
+    engine = as_engine(model, tokenizer)
+    if tokenizer is None:
+        tokenizer = engine.tokenizer
+    prompts, keys, eos, stops = _prepare(engine, inputs, cfg, tokenizer, None, chat_template, prompt_keys)
+    G = len(prompts)
+    caps = [int(c) for c in caps]
+    if len(caps) != G or any(c < 1 for c in caps):
+        raise ValueError(f"caps: expected {G} ints >= 1 (paths per prompt), got {caps}")
+    metrics = Metrics()
+    all_paths = [[] for _ in range(G)]
+    peaks, events = [0] * G, [0] * G
+    with torch.inference_mode():
+        _stage(engine, prompts, keys, list(range(G)), caps, stage, cfg, eos, stops, tokenizer, metrics,
+               progress, all_paths, peaks, events)
+    results = [PromptResult(paths=p, answer=_best(p), branch_events=events[i]) for i, p in enumerate(all_paths)]
+    metrics.paths_per_prompt = [len(p) for p in all_paths]
+    metrics.max_active_per_prompt = peaks
+    return EagerOutput(results=results, metrics=metrics, config=cfg)
+
+
 def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional[EagerConfig] = None, *,
              tokenizer=None, attention_mask: Optional[torch.Tensor] = None,
-             chat_template: Optional[bool] = None, progress: bool = False) -> EagerOutput:
+             chat_template: Optional[bool] = None, progress: bool = False,
+             prompt_keys: Optional[Sequence[int]] = None) -> EagerOutput:
     """Entropy-aware generation on a transformers causal LM or any engine.
 
     Args:
@@ -107,6 +174,10 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
         chat_template: wrap string prompts in the tokenizer's chat template (None: when the
             tokenizer has one).
         progress: show a tqdm bar over decode steps.
+        prompt_keys: one int per prompt (default: its position in this call). A prompt's
+            paths depend only on (config.seed, its key, the model), never on the other
+            prompts of the call or its place among them: give each prompt a stable key
+            (e.g. its index in the dataset) to get the same result in any batch or shard.
 
     Returns an EagerOutput: results[i].paths / .answer per prompt, and metrics.
     """
@@ -119,37 +190,20 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
     engine = as_engine(model, tokenizer)
     if tokenizer is None:
         tokenizer = engine.tokenizer
-    prompts = _as_token_lists(inputs, tokenizer, attention_mask, chat_template)
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("generate: a prompt is empty (at least one token is needed)")
-    V = engine.vocab_size
-    check_token_ids(prompts, V)
-    eos = _eos_ids(cfg, tokenizer, engine)
-    check_token_ids([eos], V, "eos_token_id")
-    stops = _stop_seqs(cfg, tokenizer)
-    check_token_ids(stops, V, "stop_branching_at / stop_branching_ids")
+    prompts, keys, eos, stops = _prepare(engine, inputs, cfg, tokenizer, attention_mask, chat_template,
+                                         prompt_keys)
     G, M = len(prompts), cfg.max_paths_per_prompt
     metrics = Metrics()
     all_paths = [[] for _ in range(G)]
     peaks = [0] * G
     events = [0] * G
 
-    def stage(name, which, caps, seed):
-        try:
-            raw, peak, bev = run_stage(engine, [prompts[i] for i in which], caps, cfg, eos_ids=eos,
-                                       stop_seqs=stops, seed=seed, metrics=metrics, progress=progress)
-        finally:
-            engine.release()
-        for j, i in enumerate(which):
-            peaks[i] = max(peaks[i], peak[j])
-            events[i] += bev[j]
-            for d in raw[j]:
-                text = tokenizer.decode(d["token_ids"], skip_special_tokens=True) if tokenizer is not None else None
-                all_paths[i].append(Path(prompt_index=i, stage=name, text=text, **d))
-        metrics.stages.append(name)
+    def stage(name, which, caps):
+        _stage(engine, prompts, keys, which, caps, name, cfg, eos, stops, tokenizer, metrics, progress,
+               all_paths, peaks, events)
 
     with torch.inference_mode():
-        stage("init", list(range(G)), [M] * G, cfg.seed)
+        stage("init", list(range(G)), [M] * G)
         if cfg.budget != "init":
             used = [len(p) for p in all_paths]
             partial = [PromptResult(paths=list(p), answer=_best(p)) for p in all_paths]
@@ -157,7 +211,7 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
                                      adapt_factor=cfg.adapt_factor)
             which = [i for i in range(G) if extras[i] > 0]
             if which:
-                stage(cfg.budget, which, [extras[i] for i in which], cfg.seed + 1)
+                stage(cfg.budget, which, [extras[i] for i in which])
 
     results = []
     for i in range(G):
