@@ -1,5 +1,9 @@
 """The engine redesign changed nothing: generate() on the tiny random Llama gives the paths
 recorded before the decode loop was moved onto the engine protocol (commit 810cbea).
+The sampled case ("paper") was re-recorded when issue #12 changed the random stream on
+purpose (each path keyed by its lineage, not its row): the merged code (engines + keys)
+was checked to give exactly the paths of the keyed loop before the engine layer (branch
+`ray`), for every case here and a budget stage.
 
 tests/data/engine_baseline.json holds, per case (policy x backend), every path's token
 ids, branch steps, end reason, cumulative log-probability and entropies. Token ids and
