@@ -132,9 +132,15 @@ def test_budget_stage_is_batch_invariant(tiny):
     got = [p for p in full.results[1].paths if p.stage == "full"]
     assert got, "the test needs a prompt that gets budget"
     assert all(p.stage == "init" for i in (0, 2) for p in full.results[i].paths)
+    from eager_kernels.engines import TransformersEngine
+
+    engine = TransformersEngine(tiny)
     with torch.inference_mode():
-        raw, _, _ = run_stage(tiny, [B], [len(got)], cfg, eos_ids=[EOS], stop_seqs=[], pad_id=0,
-                              seed=K.stage_key(cfg.seed, "full"), metrics=Metrics(), prompt_keys=[10])
+        try:
+            raw, _, _ = run_stage(engine, [B], [len(got)], cfg, eos_ids=[EOS], stop_seqs=[],
+                                  seed=K.stage_key(cfg.seed, "full"), metrics=Metrics(), prompt_keys=[10])
+        finally:
+            engine.release()
     assert [d["token_ids"] for d in raw[0]] == [p.token_ids for p in got]
     init = [p for p in full.results[1].paths if p.stage == "init"]
     assert [p.token_ids for p in init] != [p.token_ids for p in got][:len(init)]  # a new stream

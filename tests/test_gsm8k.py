@@ -367,14 +367,18 @@ def test_cli_options(tmp_path, capsys, monkeypatch):
     assert a.max_new_tokens is None and a.prompts is None  # suite defaults resolved in main
     with pytest.raises(SystemExit):
         main(["--suite", "gsm8k", "--dataset", str(tmp_path / "x.jsonl")])
-    assert main(["--dataset", str(tmp_path / "missing.jsonl")]) == 2
-    assert "no file" in capsys.readouterr().err
+    def exits_2(argv, needle):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1].startswith("eager-kernels eval: error:") and needle in err, err
+
+    exits_2(["--dataset", str(tmp_path / "missing.jsonl")], "no file")
     with pytest.raises(SystemExit):
         main(["--tune-theta", "1,2"])  # arithmetic cannot be tuned
-    assert main(["--suite", "gsm8k", "--prompts", "5000"]) == 2
-    assert "1319 problems" in capsys.readouterr().err
-    assert main(["--suite", "gsm8k", "--tune-theta", "1,2", "--prompts", "101"]) == 2
+    exits_2(["--suite", "gsm8k", "--prompts", "5000"], "1319 problems")
+    exits_2(["--suite", "gsm8k", "--tune-theta", "1,2", "--prompts", "101"], "at most 100")
     ds = tmp_path / "big.jsonl"
     ds.write_text("".join(json.dumps({"question": f"q{i}", "answer": "#### 1"}) + "\n" for i in range(101)))
-    assert main(["--dataset", str(ds), "--tune-theta", "1,2", "--prompts", "101"]) == 2
-    assert "at most 100" in capsys.readouterr().err
+    exits_2(["--dataset", str(ds), "--tune-theta", "1,2", "--prompts", "101"], "at most 100")
