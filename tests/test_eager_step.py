@@ -5,8 +5,7 @@ import torch
 import eager_kernels as ek
 from eager_kernels import reference
 
-from conftest import (DTYPE_LIST, ENTROPY_TOL, INTERP, LOGPROB_TOL, NATIVE, BACKENDS, interpreted, make_logits,
-                      max_elements, sweep)
+from conftest import BACKENDS, DTYPE_LIST, ENTROPY_TOL, INTERP, LOGPROB_TOL, NATIVE, make_logits, max_elements, sweep
 
 KINDS = ["normal", "masked", "ties", "huge"]
 
