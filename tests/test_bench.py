@@ -41,9 +41,10 @@ def test_kernel_grid_writes_csv_and_plots(tmp_path, capsys, plots):
         else:
             nbytes = int(r["B"]) * int(r["V"]) * (4 if r["dtype"] == "float32" else 2)
             assert float(r["gbps"]) == pytest.approx(nbytes / float(r["median_us"]) / 1e3, rel=2e-2, abs=2e-3)
-            # rounded to 0.1 %: tiny shapes timed on a loaded machine can round to 0.0
+            # pct_floor is rounded to 0.1 % (tiny shapes timed on a loaded machine can give
+            # 0.0), and computed before floor_us and median_us were rounded
             pct = 100 * float(r["floor_us"]) / float(r["median_us"])
-            assert float(r["floor_us"]) > 0 and float(r["pct_floor"]) == pytest.approx(pct, abs=0.051)
+            assert float(r["floor_us"]) > 0 and float(r["pct_floor"]) == pytest.approx(pct, rel=2e-2, abs=0.051)
     out = capsys.readouterr().out
     assert "eager_step_greedy" in out and "wrote" in out
     if not plots:
