@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  make demo  |  make test
+# Two commands on a fresh machine:  make demo  |  make test   (make test-full: the exhaustive suite, CI)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.eager-kernels-installed
 # subproject there) and forces curl off and the small `common` library on.
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: install test demo bench bench-decode clean
+.PHONY: install test test-full demo bench bench-decode clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,16 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 
 install: $(STAMP)
 
+# The fast suite: every op x backend x dtype x edge class, the sampler, the CLI (tests
+# marked slow left out: exhaustive sweeps, the real compiler, the real model).
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# Everything: the fast suite, the slow tests, and the pytest-benchmark suite run once
+# without timing (--benchmark-disable: a check that it runs, no figures).
+test-full: $(STAMP)
 	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --benchmark-disable benchmarks/test_bench_ops.py
 
 demo: $(STAMP)
 	$(PY) -m eager_kernels demo

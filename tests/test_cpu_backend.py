@@ -75,9 +75,16 @@ def assert_topk(lp, ids, x, k):
     assert torch.equal(ids, ids_ref), "top-k ids differ from the stable-sort order (value desc, id asc)"
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("vocab", VOCABS)
-@pytest.mark.parametrize("case", CASES)
+def _slow_unless(fast: bool):
+    return () if fast else (pytest.mark.slow,)
+
+
+# The fast run: every case and dtype up to V = 1000, and the real vocabulary 32000 (several
+# kernel blocks) on plain and masked rows; every (case, V, dtype) under slow.
+@pytest.mark.parametrize("dtype,vocab,case", [
+    pytest.param(d, v, c, marks=_slow_unless(v <= 1000 or (v == 32000 and c in ("randn", "masked"))),
+                 id=f"{c}-{v}-{d}".replace("torch.", ""))
+    for d in DTYPES for v in VOCABS for c in CASES])
 def test_ops_match_reference(dtype, vocab, case):
     gen = torch.Generator().manual_seed(hash((dtype, vocab, case)) % 2**31)
     x = make_logits(case, 3, vocab, dtype, gen)
@@ -143,7 +150,8 @@ def test_gumbel_bounds_hold():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["flat", "peaked", "masked"])
-@pytest.mark.parametrize("vocab", [49152, 4099])  # 4099: a last block of 3 columns, a partial quad
+# 4099: a last block of 3 columns, a partial quad (the fast run); 49152 under slow
+@pytest.mark.parametrize("vocab", [pytest.param(49152, marks=pytest.mark.slow), 4099])
 def test_sample_identical_to_reference(dtype, kind, vocab):
     gen = torch.Generator().manual_seed(7)
     rows = 6
@@ -178,8 +186,11 @@ def test_sample_frequencies(isa):
     assert ((freq - p).abs() <= 5 * sigma + 1e-12).all(), (freq, p)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("entropy_top_k", [None, 20])
+# The fast run: bf16 with the top-K entropy (each dtype and both entropy modes on the cpu
+# backend at V = 700: test_eager_step.py::test_step_small); all six pairs under slow.
+@pytest.mark.parametrize("dtype,entropy_top_k", [
+    pytest.param(d, k, marks=_slow_unless((d, k) == (torch.bfloat16, 20)), id=f"{d}-{k}".replace("torch.", ""))
+    for d in DTYPES for k in (None, 20)])
 def test_eager_step_matches_reference(dtype, entropy_top_k):
     gen = torch.Generator().manual_seed(11)
     rows, vocab, num_groups = 5, 32000, 3

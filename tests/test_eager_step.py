@@ -5,7 +5,7 @@ import torch
 import eager_kernels as ek
 from eager_kernels import reference
 
-from conftest import DTYPES, ENTROPY_TOL, LOGPROB_TOL, make_logits, max_elements
+from conftest import BACKENDS, DTYPE_LIST, ENTROPY_TOL, INTERP, LOGPROB_TOL, NATIVE, make_logits, max_elements, sweep
 
 KINDS = ["normal", "masked", "ties", "huge"]
 
@@ -38,20 +38,40 @@ def _run_steps(backend, rows, vocab, dtype, *, steps, entropy_top_k, temperature
     return got
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("entropy_top_k", [None, 20])
-@pytest.mark.parametrize("temperature", [0.0, 0.6])
-def test_step_small(backend, dtype, entropy_top_k, temperature):
-    _run_steps(backend, 5, 700, dtype, steps=3, entropy_top_k=entropy_top_k, temperature=temperature)
+# (rows, vocab, steps); the interpreter's fast run: 3 rows of 2 blocks, 2 steps, one
+# (entropy_top_k, temperature) pair per dtype; all pairs at the full size under slow.
+STEP_FULL, STEP_TINY = (5, 700, 3), (3, 150, 2)
+_TINY_PAIRS = {torch.float32: (None, 0.0), torch.bfloat16: (20, 0.6), torch.float16: (None, 0.6)}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_step_awkward_inputs(backend, kind):
-    _run_steps(backend, 4, 333, torch.bfloat16, steps=2, entropy_top_k=20, temperature=1.0, kind=kind, k=6)
+@pytest.mark.parametrize(
+    "backend,size,dtype,entropy_top_k,temperature",
+    sweep(NATIVE, [STEP_FULL], DTYPE_LIST, [None, 20], [0.0, 0.6])
+    + sweep(INTERP, [STEP_FULL], DTYPE_LIST, [None, 20], [0.0, 0.6], fast=lambda *v: False)
+    + sweep(INTERP, [STEP_TINY], DTYPE_LIST, [None, 20], [0.0, 0.6],
+            keep=lambda b, s, dtype, etk, t: _TINY_PAIRS[dtype] == (etk, t)))
+def test_step_small(backend, size, dtype, entropy_top_k, temperature):
+    rows, vocab, steps = size
+    _run_steps(backend, rows, vocab, dtype, steps=steps, entropy_top_k=entropy_top_k, temperature=temperature)
 
 
-@pytest.mark.parametrize("rows,vocab", [(1, 32000), (8, 49152), (3, 152064)])
-def test_step_real_vocabularies(backend, rows, vocab):
+# The interpreter's fast run: one step on 3 x 150 without the top-K entropy (that path on
+# awkward inputs: test_entropy_awkward_inputs); the full case under slow.
+@pytest.mark.parametrize("backend,kind,size",
+                         sweep(NATIVE, KINDS, ["full"])
+                         + sweep(INTERP, KINDS, ["full"], fast=lambda *v: False)
+                         + sweep(INTERP, KINDS, ["tiny"]))
+def test_step_awkward_inputs(backend, kind, size):
+    if size == "full":
+        _run_steps(backend, 4, 333, torch.bfloat16, steps=2, entropy_top_k=20, temperature=1.0, kind=kind, k=6)
+    else:
+        _run_steps(backend, 3, 150, torch.bfloat16, steps=1, entropy_top_k=None, temperature=1.0, kind=kind, k=6)
+
+
+@pytest.mark.parametrize("backend,shape", sweep(BACKENDS, [(1, 32000), (8, 49152), (3, 152064)],
+                                                fast=lambda b, shape: shape == (1, 32000)))
+def test_step_real_vocabularies(backend, shape):
+    rows, vocab = shape
     name, _ = backend
     if rows * vocab > max_elements(name):
         pytest.skip("shape too large for the Triton interpreter")

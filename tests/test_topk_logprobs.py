@@ -6,7 +6,8 @@ import torch
 import eager_kernels as ek
 from eager_kernels import reference
 
-from conftest import DTYPES, INTERPRETED, KINDS, LOGPROB_TOL, make_logits, max_elements
+from conftest import (BACKENDS, DTYPE_LIST, INTERP, INTERPRETED, KINDS, LOGPROB_TOL, NATIVE, interpreted,
+                      make_logits, max_elements, sweep)
 
 
 def _check(backend, rows, vocab, k, dtype, kind, seed=0, pad=0):
@@ -24,23 +25,41 @@ def _check(backend, rows, vocab, k, dtype, kind, seed=0, pad=0):
     torch.testing.assert_close(gathered, lp.double().cpu(), **LOGPROB_TOL)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,vocab,k", [(1, 1, 1), (3, 7, 7), (2, 1000, 5), (3, 111, 64),
-                                          (4, 32000, 4), (2, 49152, 20), (2, 152064, 64)])
-def test_topk_shapes_dtypes(backend, rows, vocab, k, dtype):
+SHAPES = [(1, 1, 1), (3, 7, 7), (2, 1000, 5), (3, 111, 64), (4, 32000, 4), (2, 49152, 20), (2, 152064, 64)]
+
+
+def _fast_shape(backend, shape, dtype):
+    # the interpreter (0.3 s per row-block, more for large k): V <= 7 in every dtype, and
+    # the k = 64 cap on an odd V of one block
+    return not interpreted(backend) or shape[1] <= 7 or (shape == (3, 111, 64) and dtype == torch.float16)
+
+
+@pytest.mark.parametrize("backend,shape,dtype", sweep(BACKENDS, SHAPES, DTYPE_LIST, fast=_fast_shape))
+def test_topk_shapes_dtypes(backend, shape, dtype):
+    rows, vocab, k = shape
     _check(backend, rows, vocab, k, dtype, "normal", seed=vocab + k)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("k", [1, 2, 20, 33])
-def test_topk_awkward_inputs(backend, kind, k):
+# The interpreter's fast run: 2 x 131 (odd V, 2 blocks in 2 chunks) with one k per kind;
+# "masked" with k = 20, above its rows' 1 and 3 finite entries. Full: 3 x 999, every k.
+_FAST_K = {"normal": 1, "masked": 20, "ties": 33, "huge": 2, "peaked": 2}
+
+
+@pytest.mark.parametrize("backend,kind,k,size",
+                         sweep(NATIVE, KINDS, [1, 2, 20, 33], [(3, 999)])
+                         + sweep(INTERP, KINDS, [1, 2, 20, 33], [(3, 999)], fast=lambda *v: False)
+                         + sweep(INTERP, KINDS, [1, 2, 20, 33], [(2, 131)],
+                                 keep=lambda b, kind, k, size: _FAST_K[kind] == k))
+def test_topk_awkward_inputs(backend, kind, k, size):
     # "masked" has rows with 1 and 3 finite entries: k exceeds them (the rest are -inf)
-    _check(backend, 3, 999, k, torch.float32, kind, seed=k)
-    _check(backend, 3, 999, k, torch.bfloat16, kind, seed=k + 1)
+    _check(backend, *size, k, torch.float32, kind, seed=k)
+    _check(backend, *size, k, torch.bfloat16, kind, seed=k + 1)
 
 
-def test_topk_non_contiguous_rows(backend):
-    _check(backend, 3, 1000, 8, torch.float32, "ties", seed=2, pad=24)
+@pytest.mark.parametrize("backend,size", sweep(NATIVE, [(3, 1000)])
+                         + sweep(INTERP, [(3, 1000)], fast=lambda *v: False) + sweep(INTERP, [(2, 131)]))
+def test_topk_non_contiguous_rows(backend, size):
+    _check(backend, *size, 8, torch.float32, "ties", seed=2, pad=24)
 
 
 def test_topk_all_equal_row_orders_by_id(backend):
@@ -51,7 +70,8 @@ def test_topk_all_equal_row_orders_by_id(backend):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="patches module globals, which only the interpreter reads per call")
-def test_triton_fallback_without_tl_topk(monkeypatch):
+@pytest.mark.parametrize("shape", [(2, 300), pytest.param((3, 700), marks=pytest.mark.slow)])
+def test_triton_fallback_without_tl_topk(monkeypatch, shape):
     """Triton releases without tl.topk use max-and-remove rounds: same ids and values."""
     import triton.language as tl
 
@@ -62,7 +82,7 @@ def test_triton_fallback_without_tl_topk(monkeypatch):
 
     monkeypatch.setattr(tl, "topk", unavailable, raising=False)
     monkeypatch.setattr(triton_kernels, "_HAS_TL_TOPK", False)
-    x = make_logits(3, 700, kind="ties", seed=4)
+    x = make_logits(*shape, kind="ties", seed=4)
     lp, ids = ek.topk_logprobs(x, 20, backend="triton")
     want_lp, want_ids = reference.topk_logprobs(x.double(), 20)
     assert torch.equal(ids, want_ids)
