@@ -378,7 +378,7 @@ def test_cli_generate_tiny(tiny, capsys, monkeypatch):
 
     monkeypatch.setattr(cli, "_load", lambda model_dir: (tiny, TextTokenizer(), "tiny (test)", 0.0))
     assert cli.main(["generate", "What is 17 + 25?", "--max-new-tokens", "4", "--max-paths", "3", "--show", "2",
-                     "--backend", "torch"]) == 0
+                     "--backend", "torch", "--engine", "transformers"]) == 0
     text = capsys.readouterr().out
     for needle in ("tiny (test)", "paths explored", "branched at", "Answer", "tokens generated", "forward passes",
                    "decode"):
