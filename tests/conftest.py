@@ -174,3 +174,13 @@ def smollm2():
     from eager_kernels.models import load_default_model
 
     return load_default_model()  # converted once, then loaded from the safetensors cache
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny models and shapes gain nothing from threads, and
+    on a shared 2-core machine OpenMP threads that wait on each other make them much slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -53,12 +53,8 @@ def tiny_gguf(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: threads only wait on each other on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs with one torch thread (conftest.one_thread)."""
 
 
 def make_engine(kind, tiny_model, request):

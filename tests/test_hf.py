@@ -50,11 +50,8 @@ def tiny():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs with one torch thread (conftest.one_thread)."""
 
 
 @pytest.fixture(autouse=True)
