@@ -260,8 +260,6 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     from ..engines.select import load, resolve
-    from ..models import load_default_model, load_model
-
     ray = None
     if args.ray is not None:
         if args.workers < 1:
@@ -272,15 +270,7 @@ def main(argv=None) -> int:
         ray = dict(model_factory=default_model_factory(args.model, engine=on, gguf=args.gguf), workers=args.workers,
                    address=args.ray or None, num_cpus=args.worker_cpus, num_gpus=args.worker_gpus)
     t0 = time.perf_counter()
-    engine = resolve(args.engine, model_dir=args.model)
-    if engine == "llamacpp":
-        model, tok, name, _ = load("llamacpp", model_dir=args.model, gguf=args.gguf)
-    elif args.model:
-        model, tok = load_model(args.model)
-        name = Path(args.model).name
-    else:
-        model, tok = load_default_model()
-        name = "SmolLM2-135M-Instruct"
+    model, tok, name, _ = load(resolve(args.engine, model_dir=args.model), model_dir=args.model, gguf=args.gguf)
     print(f"model {name} loaded in {time.perf_counter() - t0:.1f} s")
     cfg.model_name = name
     if args.tune_theta is not None:
