@@ -184,3 +184,40 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# The tiny-model sampler tests (test_sampler, test_engines): the two policies at small sizes.
+def seed_cfg(**kw):
+    base = dict(max_new_tokens=10, max_paths_per_prompt=8, prune_to=8, backend="torch")
+    base.update(kw)
+    return ek.EagerConfig.seed_policy(**base)
+
+
+def paper_cfg(**kw):
+    base = dict(max_new_tokens=10, max_paths_per_prompt=6, theta=0.5, initial_threshold=0.5, q=50.0,
+                entropy_top_k=20, backend="torch")
+    base.update(kw)
+    return ek.EagerConfig.paper(**base)
+
+
+class DigitTokenizer:
+    """A stand-in tokenizer for the evaluation tests on a tiny model (vocab 160, EOS 3):
+    characters to ids; ids decode to digits, spaces, "-" and "Answer:" so that the answer
+    extractors see numbers."""
+
+    vocab = 160
+    chat_template = None
+    pad_token_id = 0
+    eos_token_id = 3
+
+    def __call__(self, text):
+        return {"input_ids": [1] + [4 + (ord(c) % (self.vocab - 4)) for c in text[:40]]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        out = []
+        for t in ids:
+            if t == self.eos_token_id:
+                continue
+            r = t % 13
+            out.append(str(r) if r < 10 else {10: " ", 11: "-", 12: " Answer: "}[r])
+        return "".join(out)

@@ -95,7 +95,7 @@ def test_stage_actor_in_process(tmp_path):
 
 def test_eval_actor_in_process():
     """The evaluation actor without Ray: a chunk of tasks gives the in-process records."""
-    from test_evaluation import DigitTokenizer
+    from conftest import DigitTokenizer
 
     from eager_kernels.evaluation import EvalConfig, Evaluator
     from eager_kernels.evaluation.runner import label
@@ -198,7 +198,7 @@ def _assert_same(got, want, where="record"):
 
 @pytest.mark.slow
 def test_eval_ray_records_equal_in_process(ray_session, tmp_path):
-    from test_evaluation import DigitTokenizer
+    from conftest import DigitTokenizer
 
     from eager_kernels.evaluation import EvalConfig, run_eval
 

@@ -30,7 +30,7 @@ pytest.importorskip("transformers")
 from eager_kernels import EagerConfig, generate  # noqa: E402
 from eager_kernels.engines import TransformersEngine  # noqa: E402
 
-from conftest import make_tiny_llama  # noqa: E402
+from conftest import make_tiny_llama, paper_cfg, seed_cfg  # noqa: E402
 
 VOCAB, EOS = 160, 3
 PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 20, 21], [1, 30, 31, 32, 33, 34, 35, 36, 37]]
@@ -71,17 +71,6 @@ def engine(request, tiny_model):
     return make_engine(request.param, tiny_model, request)
 
 
-def seed_cfg(**kw):
-    base = dict(max_new_tokens=10, max_paths_per_prompt=8, prune_to=8, backend="torch")
-    base.update(kw)
-    return EagerConfig.seed_policy(**base)
-
-
-def paper_cfg(**kw):
-    base = dict(max_new_tokens=10, max_paths_per_prompt=6, theta=0.5, initial_threshold=0.5, q=50.0,
-                entropy_top_k=20, backend="torch")
-    base.update(kw)
-    return EagerConfig.paper(**base)
 
 
 def _signature(out):

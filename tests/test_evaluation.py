@@ -9,7 +9,7 @@ from eager_kernels.evaluation import (METHODS, EvalConfig, ResultStore, extract_
                                       is_correct, make_tasks, tree_tokens)
 from eager_kernels.evaluation.tasks import INSTRUCTION, KINDS
 
-from conftest import make_tiny_llama
+from conftest import DigitTokenizer, make_tiny_llama
 
 # ---------------------------------------------------------------------------------------
 # Task suite
@@ -131,27 +131,6 @@ def test_store_roundtrip_and_torn_line(tmp_path):
 
 VOCAB = 160
 EOS = 3
-
-
-class DigitTokenizer:
-    """A stand-in tokenizer: characters to ids; ids decode to digits, spaces, "-" and
-    "Answer:" so that the extractor sees numbers."""
-
-    chat_template = None
-    pad_token_id = 0
-    eos_token_id = EOS
-
-    def __call__(self, text):
-        return {"input_ids": [1] + [4 + (ord(c) % (VOCAB - 4)) for c in text[:40]]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        out = []
-        for t in ids:
-            if t == EOS:
-                continue
-            r = t % 13
-            out.append(str(r) if r < 10 else {10: " ", 11: "-", 12: " Answer: "}[r])
-        return "".join(out)
 
 
 @pytest.fixture(scope="module")

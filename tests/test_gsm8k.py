@@ -11,7 +11,7 @@ from eager_kernels.evaluation.runner import METHODS, EvalConfig, _majority
 from eager_kernels.evaluation.suites import (GSM8K_DIR, GSM8K_FEWSHOT_POOL, build_suite, gold_answer,
                                              gsm8k_suite, load_jsonl, solution_for_prompt, vote_key)
 
-from conftest import make_tiny_llama
+from conftest import DigitTokenizer, make_tiny_llama
 
 
 def _mv():
@@ -217,26 +217,6 @@ def test_branching_stats():
 
 VOCAB = 160
 EOS = 3
-
-
-class DigitTokenizer:
-    """Characters to ids; ids decode to digits, spaces, "-" and "Answer:"."""
-
-    chat_template = None
-    pad_token_id = 0
-    eos_token_id = EOS
-
-    def __call__(self, text):
-        return {"input_ids": [1] + [4 + (ord(c) % (VOCAB - 4)) for c in text[:40]]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        out = []
-        for t in ids:
-            if t == EOS:
-                continue
-            r = t % 13
-            out.append(str(r) if r < 10 else {10: " ", 11: "-", 12: " Answer: "}[r])
-        return "".join(out)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import eager_kernels as ek  # noqa: E402
 from eager_kernels import EagerConfig, allocate_budget, generate  # noqa: E402
 from eager_kernels.sampler import EagerMemoryError, entropy_scaled_allocation  # noqa: E402
 
-from conftest import make_tiny_llama  # noqa: E402
+from conftest import make_tiny_llama, paper_cfg, seed_cfg  # noqa: E402
 
 VOCAB = 160
 EOS = 3
@@ -60,17 +60,6 @@ def _one_thread_for_tiny(request):
         torch.set_num_threads(before)
 
 
-def seed_cfg(**kw):
-    base = dict(max_new_tokens=10, max_paths_per_prompt=8, prune_to=8, backend="torch")
-    base.update(kw)
-    return EagerConfig.seed_policy(**base)
-
-
-def paper_cfg(**kw):
-    base = dict(max_new_tokens=10, max_paths_per_prompt=6, theta=0.5, initial_threshold=0.5, q=50.0,
-                entropy_top_k=20, backend="torch")
-    base.update(kw)
-    return EagerConfig.paper(**base)
 
 
 def _signature(out):
