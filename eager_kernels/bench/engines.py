@@ -40,7 +40,7 @@ def _context_prompt(tok_encode, n=CONTEXT) -> list:
     return (ids * (1 + n // max(1, len(ids))))[:n]
 
 
-def step_table(threads: int, repeats: int = 9, weight_types=("q4_1", "q8_0", "f16", "q4_0")) -> list:
+def step_table(threads: int, repeats: int = 9, weight_types=("q4_1", "q8_0", "f16", "bf16", "q4_0")) -> list:
     """[(engine label, {R: (median wall ms, median CPU ms) per decode step})]: each engine
     holds R rows that share
     a CONTEXT-token prompt (one prefill, then R - 1 forks), then decode steps are timed."""
