@@ -253,6 +253,18 @@ def test_llamacpp_bad_files(tmp_path, tiny_gguf):
         LlamaCppEngine(bad)
     with pytest.raises(ValueError, match="n_ctx: expected a positive int"):
         LlamaCppEngine(tiny_gguf, n_ctx=0)
+    with pytest.raises(ValueError, match="kv_unified: expected a bool"):
+        LlamaCppEngine(tiny_gguf, kv_unified=1)
+
+
+def test_llamacpp_layouts_agree(tiny_model, request):
+    """A stream per row (one prefill call per prompt, forks copy streams) and the unified
+    cache (one prefill call, forks retag cells): the same paths on both policies."""
+    for cfg in (seed_cfg(), paper_cfg()):
+        a = generate(make_engine("llamacpp", tiny_model, request), PROMPTS, cfg)
+        b = generate(make_engine("llamacpp-unified", tiny_model, request), PROMPTS, cfg)
+        assert a.metrics.branch_events > 0
+        assert _signature(a) == _signature(b)
 
 
 def test_llamacpp_context_and_slots(tiny_model, request):
