@@ -34,8 +34,9 @@ from conftest import make_tiny_llama, paper_cfg, seed_cfg  # noqa: E402
 
 VOCAB, EOS = 160, 3
 PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 20, 21], [1, 30, 31, 32, 33, 34, 35, 36, 37]]
-ENGINES = ["transformers", "llamacpp", "llamacpp-unified"]  # llama.cpp: a stream per row / one cache
-FRESH_ATOL = {"transformers": 1e-4, "llamacpp": 1e-2, "llamacpp-unified": 1e-2}
+ENGINES = ["transformers", "llamacpp", "llamacpp-streams"]  # llama.cpp: layout by call (unified here) / streams
+FRESH_ATOL = {"transformers": 1e-4, "llamacpp": 1e-2, "llamacpp-streams": 1e-2}
+LAYOUT = {"llamacpp": None, "llamacpp-streams": False, "llamacpp-unified": True}  # kv_unified
 NEEDS_LLAMA = "llama-cpp-python is not installed (the `llamacpp` extra)"
 
 
@@ -63,7 +64,7 @@ def make_engine(kind, tiny_model, request):
     pytest.importorskip("llama_cpp", reason=NEEDS_LLAMA)
     from eager_kernels.engines import LlamaCppEngine
 
-    return LlamaCppEngine(request.getfixturevalue("tiny_gguf"), n_threads=1, kv_unified=kind == "llamacpp-unified")
+    return LlamaCppEngine(request.getfixturevalue("tiny_gguf"), n_threads=1, kv_unified=LAYOUT[kind])
 
 
 @pytest.fixture(params=ENGINES)
@@ -253,15 +254,30 @@ def test_llamacpp_bad_files(tmp_path, tiny_gguf):
         LlamaCppEngine(bad)
     with pytest.raises(ValueError, match="n_ctx: expected a positive int"):
         LlamaCppEngine(tiny_gguf, n_ctx=0)
-    with pytest.raises(ValueError, match="kv_unified: expected a bool"):
+    with pytest.raises(ValueError, match="kv_unified: expected a bool or None"):
         LlamaCppEngine(tiny_gguf, kv_unified=1)
+
+
+def test_llamacpp_layout_by_call(tiny_model, request):
+    """kv_unified=None: a shared cache up to UNIFIED_MAX_PROMPTS prompts, streams above; the
+    context is re-created when the layout changes, and both calls decode."""
+    from eager_kernels.engines.llamacpp import UNIFIED_MAX_PROMPTS
+
+    engine = make_engine("llamacpp", tiny_model, request)
+    few = [list(p) for p in PROMPTS[:2]]
+    many = [list(PROMPTS[i % len(PROMPTS)]) for i in range(UNIFIED_MAX_PROMPTS + 1)]
+    for prompts, unified in ((few, True), (many, False), (few, True)):
+        logits = engine.prefill(prompts, max_rows=len(prompts), max_new_tokens=3)
+        assert engine._unified is unified and logits.shape == (len(prompts), VOCAB)
+        engine.decode(torch.zeros(len(prompts), dtype=torch.int64))
+        engine.release()
 
 
 def test_llamacpp_layouts_agree(tiny_model, request):
     """A stream per row (one prefill call per prompt, forks copy streams) and the unified
     cache (one prefill call, forks retag cells): the same paths on both policies."""
     for cfg in (seed_cfg(), paper_cfg()):
-        a = generate(make_engine("llamacpp", tiny_model, request), PROMPTS, cfg)
+        a = generate(make_engine("llamacpp-streams", tiny_model, request), PROMPTS, cfg)
         b = generate(make_engine("llamacpp-unified", tiny_model, request), PROMPTS, cfg)
         assert a.metrics.branch_events > 0
         assert _signature(a) == _signature(b)

@@ -1,7 +1,8 @@
 """LlamaCppEngine: a GGUF model through llama-cpp-python's low-level API (CPU).
 
-One llama.cpp context with one sequence id per row and, by default, one KV stream per
-sequence (kv_unified=False):
+One llama.cpp context with one sequence id per row; the KV layout is chosen per call
+(kv_unified=None): one cache shared by all rows for up to UNIFIED_MAX_PROMPTS prompts, one KV
+stream per sequence for more:
 
 - prefill: prompt g is sequence g, positions 0..len-1, no padding, logits only for each
   prompt's last token; one llama_decode per prompt (a stream per row) or of all prompts'
@@ -11,13 +12,16 @@ sequence (kv_unified=False):
 - reorder: a dropped row's sequence is removed (llama_memory_seq_rm); a forked row's
   sequence is copied to a free id (llama_memory_seq_cp). Rows that stay keep their ids.
 
-Why one stream per row: in a unified cache every row's attention runs over all the cells in
-use (other rows' cells are masked, not skipped), so a step's attention grows with rows x
-all rows' tokens. With 12 prompts x 8 paths and ~650 cells a row (measured 2026-11-29, 2
-threads, SmolLM2 F16) a step took 22.5 ms per row unified and 4.2 ms per row with a stream
-per row; at 1-4 prompts the two are equal. The price: a fork copies the parent's stream
-(its K/V, ~23 KB a cell for SmolLM2) where the unified cache only retags cells;
-kv_unified=True keeps that behaviour.
+Why the choice (measured 2026-11-29, 2 threads, SmolLM2): in a unified cache every row's
+attention runs over all the cells in use (other rows' cells are masked, not skipped), so a
+step grows with rows x all rows' tokens: with 12 prompts x 8 paths and ~650 cells a row a
+step took 22.5 ms per row unified and 4.2 ms per row with a stream per row (F16; at 1-4
+prompts without forks mid-run the two were equal). But a fork between streams copies the
+parent's stream and costs llama.cpp far more than retagging cells: on the decode
+benchmark (1 prompt, seed policy forking to 32 rows) the unified cache took 1.24 s and
+streams 3.59 s. Flash attention follows the layout: on with streams (a 64-row step at ~650
+tokens of context 269 ms against 318 ms with llama.cpp's "auto"), llama.cpp's "auto" with
+the unified cache (1.24 s against 1.68 s forced on, on the decode benchmark).
 
 The batch arrays are numpy arrays owned here (llama_batch points into them), filled with
 vectorised writes; no Python loop over rows in a step except over forks and drops.
@@ -45,6 +49,7 @@ EXTRA_HINT = ('the llama.cpp engine needs the package llama-cpp-python: pip inst
 
 _KV_ELEMENT_BYTES = 2  # llama.cpp's default K and V cache type is F16
 _CELL_ROUND = 256
+UNIFIED_MAX_PROMPTS = 4  # kv_unified=None: one shared cache up to this many prompts per call
 
 
 def import_llama_cpp():
@@ -194,16 +199,16 @@ class LlamaCppEngine(Engine):
 
     Args:
         model_path: a .gguf file (models.default_gguf_path() for the default model).
-        n_ctx: KV cells: per row (one stream per row, the default), or shared by all rows
-            (kv_unified=True). None: sized at each prefill to what the stage can need (per
-            row: the longest prompt + max_new_tokens; shared: the prompts + most rows x
+        n_ctx: KV cells: per row (one stream per row), or shared by all rows (unified
+            cache). None: sized at each prefill to what the stage can need (per row: the
+            longest prompt + max_new_tokens; shared: the prompts + most rows x
             max_new_tokens), at most the model's training context per row.
         n_threads: CPU threads for llama.cpp (default: the CPUs this process may use).
-        kv_unified: one KV cache shared by all rows (a fork retags cells, copies nothing;
-            attention of every row runs over every row's cells) instead of one stream per row
-            (a fork copies the parent's cells; attention per row over its own cells). False
-            (the default) is faster as soon as several prompts share a call; see the module
-            docstring.
+        kv_unified: True: one KV cache shared by all rows (a fork retags cells, copies
+            nothing; every row's attention runs over every row's cells); False: one stream
+            per row (a fork copies the parent's stream; attention per row over its own
+            cells); None (default): unified for calls of at most UNIFIED_MAX_PROMPTS
+            prompts, streams for more (see the module docstring for the measurements).
         verbose: let llama.cpp print its log to stderr.
     """
 
@@ -211,7 +216,7 @@ class LlamaCppEngine(Engine):
     name = "llamacpp"
 
     def __init__(self, model_path, *, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
-                 kv_unified: bool = False, verbose: bool = False):
+                 kv_unified: Optional[bool] = None, verbose: bool = False):
         lib = import_llama_cpp()
         path = Path(model_path).expanduser()
         _check_gguf(path)
@@ -219,8 +224,8 @@ class LlamaCppEngine(Engine):
             raise ValueError(f"n_ctx: expected a positive int or None, got {n_ctx!r}")
         if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1):
             raise ValueError(f"n_threads: expected a positive int or None, got {n_threads!r}")
-        if not isinstance(kv_unified, bool):
-            raise ValueError(f"kv_unified: expected a bool, got {kv_unified!r}")
+        if kv_unified is not None and not isinstance(kv_unified, bool):
+            raise ValueError(f"kv_unified: expected a bool or None, got {kv_unified!r}")
         self.kv_unified = kv_unified
         _backend(lib, verbose)
         self._lib = lib
@@ -249,31 +254,36 @@ class LlamaCppEngine(Engine):
         self.eos_token_ids = sorted({int(e) for e in eos if e is not None and e >= 0})
         self._ctx = None
         self._ctx_shape = (0, 0, 0)  # (cells, sequences, batch)
+        self._unified = True  # the layout of the context (and of the current call)
         self._batch = None
         self.last_decode_s = 0.0  # time inside llama_decode, summed over the last stage
         self.decode_calls = 0
 
     # -- context ------------------------------------------------------------------------
 
-    def _ensure_context(self, cells: int, seqs: int, batch: int) -> None:
+    def _ensure_context(self, cells: int, seqs: int, batch: int, unified: bool) -> None:
         have = self._ctx_shape
+        if unified != self._unified:  # another layout: a new context, sized for this call
+            self._free_context()
+            have = (0, 0, 0)
         if self._ctx is not None and have[0] >= cells and have[1] >= seqs and have[2] >= batch:
             return
         self._free_context()
         lib = self._lib
+        self._unified = unified
         cells, seqs, batch = max(cells, have[0]), max(seqs, have[1]), max(batch, have[2])
         p = lib.llama_context_default_params()
         # unified: `cells` shared by all sequences; else `cells` per sequence (n_seq_max streams)
-        p.n_ctx = cells if self.kv_unified else cells * seqs
+        p.n_ctx = cells if unified else cells * seqs
         p.n_batch = batch
         p.n_ubatch = min(batch, 512)
         p.n_seq_max = seqs
         p.n_threads = p.n_threads_batch = self.n_threads
-        p.kv_unified = self.kv_unified
-        # Flash attention on (not llama.cpp's "auto"): with ~600-token GSM8K prompts, 8
-        # prompts x 8 rows, 2 threads, it took a step from 318 ms (auto) / 369 ms (off) to
-        # 269 ms, and the prefill from 8.8 / 12.6 s to 6.9 s (2026-11-29).
-        p.flash_attn_type = 1
+        p.kv_unified = unified
+        # Streams: flash attention on (with ~600-token GSM8K prompts, 8 prompts x 8 rows, a
+        # step 269 ms against 318 ms with "auto", the prefill 6.9 s against 8.8 s); unified:
+        # llama.cpp's "auto" (forced on was slower on the decode benchmark: 1.68 vs 1.24 s).
+        p.flash_attn_type = -1 if unified else 1
         p.no_perf = True
         ctx = lib.llama_init_from_model(self._model, p)
         if not ctx:
@@ -281,7 +291,7 @@ class LlamaCppEngine(Engine):
         self._ctx = ctx
         self._mem = lib.llama_get_memory(ctx)
         n = int(lib.llama_n_ctx(ctx))
-        self._ctx_shape = (n if self.kv_unified else n // seqs, seqs, batch)
+        self._ctx_shape = (n if unified else n // seqs, seqs, batch)
         self._batch = _Batch(lib, batch)
 
     def _free_context(self) -> None:
@@ -324,7 +334,8 @@ class LlamaCppEngine(Engine):
                 f"prune_to)) but llama.cpp has {slots} sequence slots; lower max_paths_per_prompt or prune_to, "
                 f"or pass fewer prompts per call")
         total = int(lens.sum())
-        if self.kv_unified:
+        unified = self.kv_unified if self.kv_unified is not None else G <= UNIFIED_MAX_PROMPTS
+        if unified:
             # Cells in use at any step: the prompts (shared by their forks) plus at most
             # max_new_tokens per live row; a margin for the cache's own granularity.
             need = total + rows * T + rows
@@ -336,8 +347,8 @@ class LlamaCppEngine(Engine):
         # unified: all prompts in one llama_decode; a stream per row: one llama_decode per
         # prompt (llama.cpp splits a batch over several streams into equal-length ubatches:
         # 8 GSM8K prompts of ~600 tokens took 99 s in one call, 2026-11-29)
-        per_prompt = not self.kv_unified and G > 1
-        self._ensure_context(cells, rows, max(int(lens.max()) if per_prompt else total, rows))
+        per_prompt = not unified and G > 1
+        self._ensure_context(cells, rows, max(int(lens.max()) if per_prompt else total, rows), unified)
         lib = self._lib
         lib.llama_memory_clear(self._mem, True)
         b = self._batch
@@ -416,7 +427,7 @@ class LlamaCppEngine(Engine):
         self.last_decode_s += time.perf_counter() - t0
         self.decode_calls += 1
         if rc == 1:
-            where = "cells" if self.kv_unified else "cells per row"
+            where = "cells" if self._unified else "cells per row"
             raise RuntimeError(f"llama_decode: no room in the KV cache ({self._ctx_shape[0]} {where}) for {n} more "
                                "tokens; raise n_ctx (or leave it None to size it per call)")
         if rc != 0:
