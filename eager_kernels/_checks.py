@@ -164,6 +164,9 @@ def check_same_device(name: str, tensor: torch.Tensor, device) -> None:
 def check_group(group, rows: int, num_groups: int, device, check_values: bool = True) -> torch.Tensor:
     """group as a contiguous int64 [B] tensor; its ids are checked to lie in range unless
     check_values is False (the C++ kernels check them on their own, for free)."""
+    if (not check_values and type(group) is torch.Tensor and group.dtype == torch.int64 and group.shape == (rows,)
+            and group.device == device and group.is_contiguous()):
+        return group  # already what the checks below would return (the common case of a decode step)
     if not isinstance(group, torch.Tensor):
         raise TypeError(f"group: expected an int64 tensor, got {type(group).__name__}")
     if group.dtype not in (torch.int64, torch.int32):

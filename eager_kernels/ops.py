@@ -126,11 +126,7 @@ def eager_step(
     seed = _checks.check_seed(seed, rows, logits.device)
     _checks.check_counter("offset", offset)
     temp, seed, offset = _random_args(temperature, seed, offset, rows, logits.device)
-    if (backend == "cpu" and type(group) is torch.Tensor and group.dtype == torch.int64 and group.shape == (rows,)
-            and group.is_cpu and group.is_contiguous() and rows and not _compiling()):
-        pass  # as check_group would pass it; the C++ step checks the ids (fewer Python calls at B = 1)
-    else:
-        group = history.check_group(group, rows, check_values=backend != "cpu" or _compiling())
+    group = history.check_group(group, rows, check_values=backend != "cpu" or _compiling())
     if rows == 0:
         f32 = dict(dtype=torch.float32, device=logits.device)
         return StepResult(torch.empty(0, **f32), torch.empty(0, **f32),
