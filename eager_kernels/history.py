@@ -36,7 +36,6 @@ class EntropyHistory:
         self.values = torch.full((num_groups, capacity), float("inf"), dtype=torch.float32, device=self.device)
         self.count = torch.zeros(num_groups, dtype=torch.int64, device=self.device)
         self.overflow = torch.zeros(num_groups, dtype=torch.bool, device=self.device)
-        self._count_view = (None, None)  # (count tensor, its numpy view): check_room's fast read
 
     @property
     def num_groups(self) -> int:
@@ -70,16 +69,10 @@ class EntropyHistory:
             )
 
     def _count_max(self) -> int:
-        """max(count) of a CPU history; for a few groups through a numpy view of count (a
-        fraction of a microsecond, against ~2 us for a torch reduction and .item())."""
+        """max(count) of a CPU history: for a few groups through tolist() (~0.5 us, against
+        ~1.4 us for a torch reduction and .item())."""
         count = self.count
-        if count.shape[0] > 64:
-            return int(count.max())
-        src, view = self._count_view
-        if src is not count:  # count replaced (or first call): a new view
-            view = count.numpy()
-            self._count_view = (count, view)
-        return max(view.tolist())
+        return max(count.tolist()) if count.shape[0] <= 64 else int(count.max())
 
     def append(self, entropy: torch.Tensor, group: torch.Tensor) -> None:
         """Record entropy[i] in group[i]'s history for every row i, in row order."""
