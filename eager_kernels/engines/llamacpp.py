@@ -12,16 +12,16 @@ stream per sequence for more:
 - reorder: a dropped row's sequence is removed (llama_memory_seq_rm); a forked row's
   sequence is copied to a free id (llama_memory_seq_cp). Rows that stay keep their ids.
 
-Why the choice (measured 2026-11-29, 2 threads, SmolLM2): in a unified cache every row's
-attention runs over all the cells in use (other rows' cells are masked, not skipped), so a
-step grows with rows x all rows' tokens: with 12 prompts x 8 paths and ~650 cells a row a
-step took 22.5 ms per row unified and 4.2 ms per row with a stream per row (F16; at 1-4
-prompts without forks mid-run the two were equal). But a fork between streams copies the
-parent's stream and costs llama.cpp far more than retagging cells: on the decode
-benchmark (1 prompt, seed policy forking to 32 rows) the unified cache took 1.24 s and
-streams 3.59 s. Flash attention follows the layout: on with streams (a 64-row step at ~650
-tokens of context 269 ms against 318 ms with llama.cpp's "auto"), llama.cpp's "auto" with
-the unified cache (1.24 s against 1.68 s forced on, on the decode benchmark).
+Why the choice (`python benchmarks/bench_llamacpp_layout.py`, 2 threads, SmolLM2 BF16,
+2026-11-29 05:40 UTC, benchmarks/results/llamacpp_layout.txt): in a unified cache every
+row's attention runs over all the cells in use (other rows' cells are masked, not
+skipped), so a step grows with rows x all rows' tokens: 12 prompts x 8 rows of 400-token
+prompts cost 14.2 ms per row-token unified and 3.05 with a stream per row (1 prompt: 4.26
+against 5.00). But a fork between streams copies the parent's stream and costs llama.cpp
+far more than retagging cells: the decode benchmark's workload (1 prompt, the seed policy
+forking to 32 rows) took 1.21 s unified and 4.05 s with streams. Flash attention is on in
+both layouts (8 prompts of ~600 tokens x 8 rows, streams: a step 228 ms on, 245 ms with
+llama.cpp's "auto", 341 ms off; unified on the seed workload: 1.16 s on, 1.21 s auto).
 
 The batch arrays are numpy arrays owned here (llama_batch points into them), filled with
 vectorised writes; no Python loop over rows in a step except over forks and drops.
@@ -255,6 +255,7 @@ class LlamaCppEngine(Engine):
         self._ctx = None
         self._ctx_shape = (0, 0, 0)  # (cells, sequences, batch)
         self._unified = True  # the layout of the context (and of the current call)
+        self._flash_attn = None  # llama_flash_attn_type override for benchmarks/bench_llamacpp_layout.py
         self._batch = None
         self.last_decode_s = 0.0  # time inside llama_decode, summed over the last stage
         self.decode_calls = 0
@@ -262,10 +263,7 @@ class LlamaCppEngine(Engine):
     # -- context ------------------------------------------------------------------------
 
     def _ensure_context(self, cells: int, seqs: int, batch: int, unified: bool) -> None:
-        have = self._ctx_shape
-        if unified != self._unified:  # another layout: a new context, sized for this call
-            self._free_context()
-            have = (0, 0, 0)
+        have = self._ctx_shape if unified == self._unified else (0, 0, 0)  # another layout: sized anew
         if self._ctx is not None and have[0] >= cells and have[1] >= seqs and have[2] >= batch:
             return
         self._free_context()
@@ -280,10 +278,9 @@ class LlamaCppEngine(Engine):
         p.n_seq_max = seqs
         p.n_threads = p.n_threads_batch = self.n_threads
         p.kv_unified = unified
-        # Streams: flash attention on (with ~600-token GSM8K prompts, 8 prompts x 8 rows, a
-        # step 269 ms against 318 ms with "auto", the prefill 6.9 s against 8.8 s); unified:
-        # llama.cpp's "auto" (forced on was slower on the decode benchmark: 1.68 vs 1.24 s).
-        p.flash_attn_type = -1 if unified else 1
+        # Flash attention on: as fast as llama.cpp's "auto" or faster in both layouts, and
+        # 1.5x faster than off at ~600 tokens of context (module docstring).
+        p.flash_attn_type = 1 if self._flash_attn is None else self._flash_attn
         p.no_perf = True
         ctx = lib.llama_init_from_model(self._model, p)
         if not ctx:
@@ -345,8 +342,8 @@ class LlamaCppEngine(Engine):
         else:  # one stream per row: the longest row (checked above against n_ctx)
             cells = self.n_ctx if self.n_ctx is not None else _round_up(longest + 1, _CELL_ROUND)
         # unified: all prompts in one llama_decode; a stream per row: one llama_decode per
-        # prompt (llama.cpp splits a batch over several streams into equal-length ubatches:
-        # 8 GSM8K prompts of ~600 tokens took 99 s in one call, 2026-11-29)
+        # prompt (llama.cpp splits a batch over several streams into equal-length ubatches,
+        # which made one call for 8 GSM8K prompts many times slower than eight)
         per_prompt = not unified and G > 1
         self._ensure_context(cells, rows, max(int(lens.max()) if per_prompt else total, rows), unified)
         lib = self._lib
