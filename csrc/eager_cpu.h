@@ -116,6 +116,21 @@ static inline float uint_to_uniform(uint32_t r) {
   return u < kUniformScale ? kUniformScale : u;
 }
 
+// The AVX2 kernels' Gumbel bound as a line in the bucket lz (no table lookup there):
+// kGumbelLineA lz + gumbel_line_b(bound) >= bound[lz] for every lz in 1..23, the buckets a
+// lane can fall in after its low 8 bits are cleared (kernels_avx2.cpp; lz = 32, d < 256,
+// comes out as lz = 158 there, far above every bound). The 1e-4 covers the float rounding
+// of the line's evaluation.
+constexpr float kGumbelLineA = 0.693147181f;  // ln 2: the bounds grow by about ln 2 a bucket
+static inline float gumbel_line_b(const float* bound) {
+  double b = -1e30;
+  for (int lz = 1; lz <= 23; ++lz) {
+    const double gap = static_cast<double>(bound[lz]) - static_cast<double>(kGumbelLineA) * lz;
+    b = gap > b ? gap : b;
+  }
+  return static_cast<float>(b + 1e-4);
+}
+
 // Insert (x, col) into the sorted list (value desc, id asc). col is larger than every id
 // already in the list (columns arrive in increasing order), so x goes after equal values.
 // The caller has checked that x beats the current kp-th entry (or the list is not full).

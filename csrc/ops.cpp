@@ -20,6 +20,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "eager_cpu.h"
@@ -725,6 +726,9 @@ std::vector<float> py_gumbel_bounds() {
   return std::vector<float>(t.bound, t.bound + kGumbelTable);
 }
 
+// (a, b) of the AVX2 kernels' bound line a lz + b (eager_cpu.h: gumbel_line_b).
+std::pair<float, float> py_gumbel_line() { return {kGumbelLineA, gumbel_line_b(gumbel_table().bound)}; }
+
 }  // namespace
 }  // namespace eager_cpu
 
@@ -756,6 +760,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("philox_uniform", &py_uniforms, py::arg("rows"), py::arg("cols"), py::arg("seed"), py::arg("offset"),
         "The uniform stream as the kernels compute it (tests compare it with reference.philox_uniform).");
   m.def("gumbel_bounds", &py_gumbel_bounds, "Upper bounds of the Gumbel noise per lzcnt bucket.");
+  m.def("gumbel_line", &py_gumbel_line, "(a, b): the AVX2 kernels' bound a * lz + b for the buckets lz = 1..23.");
   m.def("isa", &isa_name, "The chunk kernels in use: 'avx512', 'avx2' or 'scalar'.");
   m.def("set_isa", &set_isa, py::arg("name"), "Choose 'auto', 'avx512', 'avx2' or 'scalar' kernels (for tests).");
   m.def("avx512_supported", &avx512_cpu_supported);

@@ -148,6 +148,20 @@ def test_gumbel_bounds_hold():
     assert (g <= bounds[lz % 32]).all()
 
 
+def test_gumbel_line_above_table():
+    """The AVX2 kernels bound the noise by a line a * lz + b in the bucket (no table lookup):
+    it must be above the table for every bucket they can see, lz = 1..23 (a lane with
+    2^31 - 1 - folded < 256 comes out as lz = 158 there), evaluated in float32 as they do."""
+    a, b = _C.gumbel_line()
+    bounds = torch.tensor(_C.gumbel_bounds(), dtype=torch.float64)
+    for lz in range(1, 24):
+        expo = 158 - lz  # the float exponent field the kernel reads
+        line = torch.tensor(158 * a + b, dtype=torch.float32) - torch.tensor(a, dtype=torch.float32) * expo
+        assert line.item() >= bounds[lz].item(), lz
+        assert line.item() - bounds[lz].item() < 0.5, lz  # loose by under 0.5: few extra lanes pass the test
+    assert 158 * a + b >= bounds.max().item()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["flat", "peaked", "masked"])
 # 4099: a last block of 3 columns, a partial quad (the fast run); 49152 under slow
@@ -171,6 +185,29 @@ def test_sample_identical_to_reference(dtype, kind, vocab):
             assert torch.equal(got, want_rows), isa
             got = ek.sample(x, temperature=0.6, seed=seed, offset=offset, backend="cpu")
             assert torch.equal(got, want), isa
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sample_max_positions(dtype):
+    """The AVX2 kernels seed the Gumbel arg-max with the score of the chunk's largest logit
+    (its first column) and read the quads' logits again from the row: the largest logit
+    first, last (in a partial last quad), repeated, and in every chunk of a row split in
+    several, against the reference."""
+    gen = torch.Generator().manual_seed(5)
+    for vocab, rows in [(5, 3), (257, 3), (4099, 4), (40003, 1)]:  # 40003: one row in 2 chunks
+        x = torch.randn(rows, vocab, generator=gen) * 3
+        x[0, 0] = 30.0
+        x[-1, -1] = 30.0
+        if rows > 2:
+            x[1, [1, vocab // 2, vocab - 2]] = 30.0  # ties at the max
+        if vocab > 30000:
+            x[0, [100, 16500, 33000, 40002]] = 25.0  # high logits in both chunks
+        x = x.to(dtype)
+        for temperature in (0.6, 1e-3, 5.0):
+            want = ref.sample(x, temperature, 3, 1)
+            for isa in each_isa():
+                assert torch.equal(ek.sample(x, temperature=temperature, seed=3, offset=1, backend="cpu"), want), \
+                    (isa, vocab, temperature)
 
 
 def test_sample_frequencies(isa):
@@ -269,6 +306,8 @@ def test_thread_count_independent(isa, rows, vocab, dtype):
 BAD = {
     "nan": lambda x: x.__setitem__((1, 17), float("nan")),
     "posinf": lambda x: x.__setitem__((0, 4000), float("inf")),
+    "nan_last": lambda x: x.__setitem__((1, 4999), float("nan")),  # after the max, in a block's scalar tail
+    "nan_in_vector": lambda x: x.__setitem__((2, 4119), float("nan")),  # the last lane of a vector
     "all_neginf_row": lambda x: x[2].fill_(float("-inf")),
 }
 
