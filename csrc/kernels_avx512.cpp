@@ -256,6 +256,47 @@ constexpr PackLut kPackLut = make_pack_lut();
 // ---- the chunk kernel ---------------------------------------------------------------------
 
 // SUMS: 0 = no sums, 1 = s only, 2 = s and t.
+// Seeds the Gumbel arg-max with the score of the chunk's largest logit (its first column),
+// from a max-only pass over the chunk, as seed_best of kernels_avx2.cpp: exact (a score some
+// column has, computed as the main pass computes it), and the main pass then queues far
+// fewer quads (most of them came from the early blocks, where the best was still low).
+template <int Kind>
+void seed_best(const ChunkParams& P, const PhiloxKeys& keys, __m512 gtab_lo, __m512 gtab_hi, __m512 vtemp,
+               float& best, int64_t& best_id) {
+  using T = typename Loader<Kind>::T;
+  const T* row = static_cast<const T*>(P.row);
+  float xmax = -kInf;
+  int64_t xblock = P.begin;
+  for (int64_t b0 = P.begin; b0 < P.end; b0 += kBlock) {
+    const int64_t n = P.end - b0 < kBlock ? P.end - b0 : kBlock;
+    __m512 m2[2] = {_mm512_set1_ps(-kInf), _mm512_set1_ps(-kInf)};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+      for (int k = 0; k < 2; ++k) m2[k] = _mm512_max_ps(m2[k], Loader<Kind>::full(row + b0 + i + 16 * k));
+    for (; i < n; i += 16) {
+      const __mmask16 mk = static_cast<__mmask16>(n - i >= 16 ? 0xFFFFu : (1u << (n - i)) - 1u);
+      m2[0] = _mm512_mask_max_ps(m2[0], mk, m2[0], Loader<Kind>::tail(row + b0 + i, mk));
+    }
+    const float bmax = _mm512_reduce_max_ps(_mm512_max_ps(m2[0], m2[1]));
+    if (bmax > xmax) {
+      xmax = bmax;
+      xblock = b0;
+    }
+  }
+  // No finite logit, or a NaN that came out as the max: no seed (the main pass reports NaN
+  // and +inf). max_ps drops a NaN met later, so xmax otherwise is a value of the chunk.
+  if (!(xmax > -kInf)) return;
+  int64_t col = xblock;
+  while (col + 1 < P.end && !(_mm512_cvtss_f32(Loader<Kind>::tail(row + col, 1)) == xmax)) ++col;
+  const int64_t first = col & ~int64_t{3};
+  alignas(64) int32_t quad[32] = {};
+  alignas(64) float xq[4 * 32];
+  for (int l = 0; l < 4; ++l)
+    xq[l] = first + l < P.end ? _mm512_cvtss_f32(Loader<Kind>::tail(row + first + l, 1)) : -kInf;
+  quad[0] = static_cast<int32_t>(first >> 2);
+  gumbel_quads(quad, xq, 1, 0, P, keys, gtab_lo, gtab_hi, vtemp, best, best_id);
+}
+
 template <int Kind, int SUMS>
 void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   using T = typename Loader<Kind>::T;
@@ -292,6 +333,7 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     gtab_lo = _mm512_loadu_ps(P.gumbel_bound);
     gtab_hi = _mm512_loadu_ps(P.gumbel_bound + 16);
     vtemp = _mm512_set1_ps(P.temperature);
+    seed_best<Kind>(P, keys, gtab_lo, gtab_hi, vtemp, best, best_id);
   }
 
   for (int64_t b0 = P.begin; b0 < P.end; b0 += kBlock) {
