@@ -17,13 +17,14 @@
 // of the score only for the 8 columns of a lane vector where one passes.
 //
 // The log polynomial is the AVX-512 one (eager_cpu.h), so both tiers give the same scores
-// and draws. The exp of the sums has the same polynomial but a cheaper range reduction
-// (exp_nonpos): sums agree with the AVX-512 tier's to about 1 ulp, not bit for bit.
+// and draws. The exp of the sums is this tier's own (exp_nonpos, 6 FMA-class operations
+// against 10): sums agree with the AVX-512 tier's to float32 rounding, not bit for bit.
 //
 // Measured on an AMD EPYC (Zen 4) with the tier forced, one thread, B = 8, V = 152064,
 // float32 3 randn logits (benchmarks/cpu_chunk_driver.cpp, min of 20): sampling pass 1194
-// -> 790 us, greedy pass 437 -> 370 us, over the version with a scalar enqueue loop,
-// logits copied into the queue, a table bound, Horner exp sums spilled to memory.
+// -> 704 us, greedy pass 437 -> 334 us, against the version with a scalar enqueue loop,
+// logits copied into the queue, a table bound, no seed, and exp sums spilled to memory
+// (docs/cpu_tiers.md has the steps).
 #include "eager_cpu.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64))
@@ -83,25 +84,39 @@ EK_INLINE float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// ---- math (the AVX-512 kernels' operations, 8 lanes) --------------------------------------
+// ---- math -------------------------------------------------------------------------------
 
-// exp(d) for d in [-86.5, 0]: 2^n 2^f with n = round(d log2 e) from one FMA against the
-// 1.5 2^23 shifter (n lands in the low mantissa bits of t), f = d log2 e - n from one more
-// FMA, 2^f by kExp2Poly, 2^n added to the exponent bits of the result (an integer add:
-// n >= -125, so no subnormal). 8 FMA-class operations, against 10 for the AVX-512 tier's
-// form (log2 e split in two, round, scale by a multiply): on Zen 4 this loop is bound by
-// the two FMA pipes. f carries the rounding of log2 e, a relative error of about
-// 1.3e-8 |d| in exp(d): under 1 ulp for d > -9, and where it is more, exp(d) < 1.3e-4 of
-// the largest term (1). The sums differ from the AVX-512 tier's in the last bits; the
-// draws do not (no exp there).
+// 2^(r/8) for r in [-1/2, 1/2] (highest power first; least squares on Chebyshev nodes) and
+// 2^(j/8), j = 0..7.
+constexpr float kExp2Cubic[4] = {1.0839374697e-4f, 3.7541261120e-3f, 8.6643401543e-2f, 0.99999998167f};
+constexpr float kExp2Eighths[8] = {1.0f, 1.0905077327f, 1.1892071150f, 1.2968395547f,
+                                   1.4142135624f, 1.5422108254f, 1.6817928305f, 1.8340080864f};
+
+// exp(d) for d in [-86.5, 0] as 2^(n/8) 2^(r/8): n = round(8 d log2 e) from one FMA against
+// the 1.5 2^23 shifter (n lands in the low mantissa bits of t), r = 8 d log2 e - n in
+// [-1/2, 1/2] from one more FMA, 2^(r/8) by a cubic (kExp2Cubic, relative error 1.8e-8),
+// 2^((n mod 8)/8) from an 8-entry table by one permute (the permute reads the low 3 bits
+// of t), 2^(n div 8) added to the exponent bits (an integer add: n div 8 >= -125, so no
+// subnormal). 6 FMA-class operations, against 10 for the AVX-512 tier's form (log2 e in two
+// parts, a degree-6 polynomial, scale by a multiply): on Zen 4 the sums loop is bound by
+// the two FMA pipes (one thread, B = 8, V = 152064 float32: greedy pass 416 us with that
+// form, 370 with 8 FMA-class operations, 334 with these 6). Accuracy, against exp in double: at most 2.3 ulp for d in [-1, 0],
+// 4.2 ulp for d in [-10, 0] (f carries the rounding of 8 log2 e, a relative error of
+// about 1.3e-8 |d|), mean 0.5 ulp; the float32 partial sums of about 600 terms a lane round
+// far more. The sums differ from the AVX-512 tier's in the last bits; the draws do not (no
+// exp there).
 EK_INLINE __m256 exp_nonpos(__m256 d) {
   const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 1.5 2^23
-  const __m256 t = _mm256_fmadd_ps(d, _mm256_set1_ps(kLog2E), shifter);
+  const __m256 t = _mm256_fmadd_ps(d, _mm256_set1_ps(8.0f * kLog2E), shifter);
   const __m256 n = _mm256_sub_ps(t, shifter);
-  const __m256 f = _mm256_fmsub_ps(d, _mm256_set1_ps(kLog2E), n);
-  __m256 p = _mm256_set1_ps(kExp2Poly[0]);
-  for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+  const __m256 r = _mm256_fmsub_ps(d, _mm256_set1_ps(8.0f * kLog2E), n);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kExp2Cubic[0]), r, _mm256_set1_ps(kExp2Cubic[1]));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[2]));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[3]));
+  const __m256 eighths = _mm256_loadu_ps(kExp2Eighths);
+  const __m256 y = _mm256_mul_ps(p, _mm256_permutevar8x32_ps(eighths, _mm256_castps_si256(t)));
+  const __m256i scale = _mm256_slli_epi32(_mm256_and_si256(_mm256_castps_si256(t), _mm256_set1_epi32(~7)), 20);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), scale));
 }
 
 // log(x) for positive normal x (kLogPoly, eager_cpu.h), the same operations as log_pos of
