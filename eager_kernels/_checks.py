@@ -157,7 +157,7 @@ def raise_if_bad_status(bad_value: torch.Tensor, empty_row: torch.Tensor) -> Non
 
 
 def check_same_device(name: str, tensor: torch.Tensor, device) -> None:
-    if tensor.device != torch.device(device):
+    if tensor.device != (device if isinstance(device, torch.device) else torch.device(device)):
         raise ValueError(f"{name}: expected a tensor on {device} (the logits' device), got {tensor.device}")
 
 

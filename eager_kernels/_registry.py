@@ -167,12 +167,18 @@ def _cpu_unavailable() -> BackendUnavailableError:
     )
 
 
+_cpu_backend_module = None
+
+
 def _cpu_backend():
+    global _cpu_backend_module
     if _cpu_ext is None:
         raise _cpu_unavailable()
-    from . import cpu_backend
+    if _cpu_backend_module is None:  # imported once (an import statement per call costs ~0.4 us)
+        from . import cpu_backend
 
-    return cpu_backend
+        _cpu_backend_module = cpu_backend
+    return _cpu_backend_module
 
 
 def _triton_backend():
