@@ -255,7 +255,6 @@ constexpr PackLut kPackLut = make_pack_lut();
 
 // ---- the chunk kernel ---------------------------------------------------------------------
 
-// SUMS: 0 = no sums, 1 = s only, 2 = s and t.
 // Seeds the Gumbel arg-max with the score of the chunk's largest logit (its first column),
 // from a max-only pass over the chunk, as seed_best of kernels_avx2.cpp: exact (a score some
 // column has, computed as the main pass computes it), and the main pass then queues far
@@ -297,6 +296,7 @@ void seed_best(const ChunkParams& P, const PhiloxKeys& keys, __m512 gtab_lo, __m
   gumbel_quads(quad, xq, 1, 0, P, keys, gtab_lo, gtab_hi, vtemp, best, best_id);
 }
 
+// SUMS: 0 = no sums, 1 = s only, 2 = s and t.
 template <int Kind, int SUMS>
 void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   using T = typename Loader<Kind>::T;
