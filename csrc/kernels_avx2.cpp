@@ -6,8 +6,9 @@
 //
 // When sampling, a max-only pass over the chunk first seeds the Gumbel best with the score of
 // its largest logit (seed_best). Then per block of kBlock columns: (1) load and convert to
-// float32 into L1, max, NaN / +inf check; (2) the exp sums against the running max (out of line, see block_sums); (3) the
-// top-kp filter, visiting only the lanes above the kp-th best (a movemask per 8 lanes);
+// float32 into L1, max, NaN / +inf check; (2) the exp sums against the running max (out of
+// line, see block_sums); (3) the top-kp filter, visiting only the lanes above the kp-th best
+// (a movemask per 8 lanes);
 // (4) the Gumbel candidates: quads (4 columns = one Philox call) with a column whose
 // x + T G can beat the best, found 8 quads at a time (compare lanes packed to one 32-bit
 // lane per quad) and left-packed into a queue of quad numbers by a table permute (no
