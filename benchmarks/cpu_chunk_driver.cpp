@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
       p.row = bf16 ? (const void*)(xh.data() + r * V) : (const void*)(x.data() + r * V);
       p.begin = 0; p.end = V; p.row_index = r; p.kp = 20; p.sample = mode == 0; p.temperature = 0.6f;
       p.noise_bound = 0.6f * bound[0]; p.key0 = 1; p.key1 = 0; p.ctr2 = 0; p.ctr3 = 0; p.gumbel_bound = bound;
+      p.gumbel_line_b = gumbel_line_b(bound);
       ChunkResult R{}; R.top_val = tv; R.top_id = ti;
       fn(p, R);
       checksum += R.best_id + R.top_id[0];

@@ -56,6 +56,7 @@ struct ChunkParams {
   uint32_t key0, key1;      // seed low / high word
   uint32_t ctr2, ctr3;      // offset low / high word
   const float* gumbel_bound;  // [kGumbelTable] bounds by lzcnt bucket (see ops.cpp)
+  float gumbel_line_b;        // gumbel_line_b(gumbel_bound), the AVX2 kernels' line (below)
 };
 
 struct ChunkResult {

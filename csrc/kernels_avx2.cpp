@@ -229,7 +229,7 @@ EK_INLINE __m256 folded_to_uniform(__m256i folded) {
 }
 
 // The Gumbel bound of a lane by a line in the bucket lz = lzcnt(2^31 - 1 - folded):
-// kGumbelLineA lz + gumbel_line_b >= the table's bound of the bucket (eager_cpu.h, ops.cpp).
+// kGumbelLineA lz + P.gumbel_line_b >= the table's bound of the bucket (eager_cpu.h, ops.cpp).
 // AVX2 has no vector lzcnt: the low 8 bits of d = 2^31 - 1 - folded are cleared, so the
 // int -> float conversion is exact and its exponent field E gives lz = 158 - E (d < 256,
 // cleared to 0, gives E = 0, lz = 158: a bound far above every Gumbel value). One FMA
@@ -473,7 +473,7 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   if (P.sample) {
     make_keys(keys, P.key0, P.key1);
     line.a = _mm256_set1_ps(kGumbelLineA);
-    line.c = _mm256_set1_ps(158.0f * kGumbelLineA + gumbel_line_b(P.gumbel_bound));
+    line.c = _mm256_set1_ps(158.0f * kGumbelLineA + P.gumbel_line_b);
     vtemp = _mm256_set1_ps(P.temperature);
     seed_best<Kind>(P, tail_quad, tail, dead, keys, line, vtemp, best, best_id);
   }

@@ -43,6 +43,7 @@ constexpr const char* kMsgEmptyRow =
 // the largest of all: about 16.64, tighter than reference.GUMBEL_MAX = 24.
 struct GumbelTable {
   float bound[kGumbelTable];
+  float line_b;  // gumbel_line_b(bound): the AVX2 kernels' line above these bounds
   GumbelTable() {
     for (int lz = 1; lz <= 32; ++lz) {
       const uint32_t dmin = lz == 32 ? 0u : (1u << (31 - lz));
@@ -52,6 +53,7 @@ struct GumbelTable {
       const double g = -std::log(-std::log(static_cast<double>(u)));
       bound[lz & 31] = static_cast<float>(g + 1e-3 + 1e-4 * std::fabs(g));
     }
+    line_b = gumbel_line_b(bound);
   }
   float max() const { return bound[0]; }
 };
@@ -238,6 +240,7 @@ void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Tem
       p.ctr2 = ctr2;
       p.ctr3 = ctr3;
       p.gumbel_bound = gt.bound;
+      p.gumbel_line_b = gt.line_b;
       ChunkResult& R = res[i];
       R.top_val = cval + i * kp;
       R.top_id = cid + i * kp;
@@ -727,7 +730,7 @@ std::vector<float> py_gumbel_bounds() {
 }
 
 // (a, b) of the AVX2 kernels' bound line a lz + b (eager_cpu.h: gumbel_line_b).
-std::pair<float, float> py_gumbel_line() { return {kGumbelLineA, gumbel_line_b(gumbel_table().bound)}; }
+std::pair<float, float> py_gumbel_line() { return {kGumbelLineA, gumbel_table().line_b}; }
 
 }  // namespace
 }  // namespace eager_cpu
