@@ -147,15 +147,10 @@ EK_INLINE __m256 log_pos(__m256 x) {
 
 struct PhiloxKeys {
   __m256i k0[10], k1[10];
-  uint32_t k0s[2], k1s[2];  // the first two rounds' keys as scalars
 };
 
 EK_INLINE void make_keys(PhiloxKeys& keys, uint32_t key0, uint32_t key1) {
   for (int r = 0; r < 10; ++r) {
-    if (r < 2) {
-      keys.k0s[r] = key0;
-      keys.k1s[r] = key1;
-    }
     keys.k0[r] = _mm256_set1_epi32(static_cast<int>(key0));
     keys.k1[r] = _mm256_set1_epi32(static_cast<int>(key1));
     key0 += kPhiloxKeyA;
@@ -181,7 +176,8 @@ EK_INLINE void philox8x2(__m256i ca, __m256i cb, uint32_t c1, uint32_t c2, uint3
                          __m256i oa[4], __m256i ob[4]) {
   const __m256i ma = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA));
   const __m256i mb = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB));
-  const uint32_t k0_0 = keys.k0s[0], k1_0 = keys.k1s[0], k0_1 = keys.k0s[1], k1_1 = keys.k1s[1];
+  const auto key = [](__m256i k) { return static_cast<uint32_t>(_mm256_cvtsi256_si32(k)); };
+  const uint32_t k0_0 = key(keys.k0[0]), k1_0 = key(keys.k1[0]), k0_1 = key(keys.k0[1]), k1_1 = key(keys.k1[1]);
   // Round 1: words 0 and 1 come out shared.
   const uint64_t pb1 = static_cast<uint64_t>(c2) * kPhiloxRoundB;
   const uint32_t s0 = static_cast<uint32_t>(pb1 >> 32) ^ c1 ^ k0_0, s1 = static_cast<uint32_t>(pb1);
@@ -465,12 +461,12 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   // unused queue entries of the last, partial batch of 16.
   const int32_t tail_quad = (P.end & 3) ? static_cast<int32_t>(P.end >> 2) : -1;
   alignas(16) uint8_t tail[16], dead[16];
-  quad_copy<Kind>(dead, P.row, 0, 0);
-  if (tail_quad >= 0) quad_copy<Kind>(tail, P.row, 4 * static_cast<int64_t>(tail_quad), P.end);
   PhiloxKeys keys;
   BoundLine line;
   __m256 vtemp = _mm256_setzero_ps();
   if (P.sample) {
+    quad_copy<Kind>(dead, P.row, 0, 0);
+    if (tail_quad >= 0) quad_copy<Kind>(tail, P.row, 4 * static_cast<int64_t>(tail_quad), P.end);
     make_keys(keys, P.key0, P.key1);
     line.a = _mm256_set1_ps(kGumbelLineA);
     line.c = _mm256_set1_ps(158.0f * kGumbelLineA + P.gumbel_line_b);
