@@ -102,10 +102,10 @@ constexpr float kExp2Eighths[8] = {1.0f, 1.0905077327f, 1.1892071150f, 1.2968395
 // subnormal). 6 FMA-class operations, against 10 for the AVX-512 tier's form (log2 e in two
 // parts, a degree-6 polynomial, scale by a multiply): on Zen 4 the sums loop is bound by
 // the two FMA pipes (one thread, B = 8, V = 152064 float32: greedy pass 416 us with that
-// form, 370 with 8 FMA-class operations, 334 with these 6). Accuracy, against exp in double: at most 2.3 ulp for d in [-1, 0],
-// 4.2 ulp for d in [-10, 0] (f carries the rounding of 8 log2 e, a relative error of
-// about 1.3e-8 |d|), mean 0.5 ulp; the float32 partial sums of about 600 terms a lane round
-// far more. The sums differ from the AVX-512 tier's in the last bits; the draws do not (no
+// form, 370 with 8 FMA-class operations, 334 with these 6). Accuracy against exp in double
+// (benchmarks/avx2_exp_accuracy.cpp): at most 2.3 ulp (mean 0.5) for d in [-1, 0], 4.2
+// (mean 1.1) for d in [-10, 0] (r carries the rounding of 8 log2 e, a relative error of
+// about 1.3e-8 |d|); the float32 partial sums of about 600 terms a lane round far more. The sums differ from the AVX-512 tier's in the last bits; the draws do not (no
 // exp there).
 EK_INLINE __m256 exp_nonpos(__m256 d) {
   const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 1.5 2^23
