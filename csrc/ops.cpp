@@ -258,8 +258,8 @@ void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Tem
   out.rows.resize(rows);
   out.top_val.resize(rows * kp);
   out.top_id.resize(rows * kp);
-  std::vector<float> tmp_val(kp + 1);
-  std::vector<int64_t> tmp_id(kp + 1);
+  float tmp_val[kMaxK];
+  int64_t tmp_id[kMaxK];
   for (int64_t r = 0; r < rows; ++r) {
     double M = -std::numeric_limits<double>::infinity();
     float best = -std::numeric_limits<float>::infinity();
@@ -303,8 +303,8 @@ void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Tem
           tmp_id[o++] = R.top_id[b++];
         }
       }
-      std::copy(tmp_val.begin(), tmp_val.begin() + o, val);
-      std::copy(tmp_id.begin(), tmp_id.begin() + o, id);
+      std::copy(tmp_val, tmp_val + o, val);
+      std::copy(tmp_id, tmp_id + o, id);
       n = o;
     }
     // Fewer than kp finite logits: the rest are the -inf entries with the smallest ids.
@@ -318,6 +318,13 @@ void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Tem
       }
     }
   }
+}
+
+// The calling thread's pass result, reused across calls (its vectors keep their capacity:
+// no allocation per step).
+PassResult& pass_scratch() {
+  thread_local PassResult pr;
+  return pr;
 }
 
 void raise_on_bad(const PassResult& pr) {
@@ -356,7 +363,7 @@ at::Tensor entropy_impl(const at::Tensor& logits, int64_t top_k) {
                     "top_k: expected 1 <= top_k <= min(V, ", kMaxK, "), got ", top_k);
   at::Tensor out = at::empty({rows}, f32());
   if (rows == 0) return out;
-  PassResult pr;
+  PassResult& pr = pass_scratch();
   const int kp = top_k > 0 ? static_cast<int>(top_k) : 0;
   run_pass(logits, kp, /*sums=*/kp == 0 ? 2 : 0, /*sample=*/false, Temperature{}, Counter{}, pr);
   raise_on_bad(pr);
@@ -375,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor> topk_impl(const at::Tensor& logits, int64_t k
   at::Tensor lp = at::empty({rows, k}, f32());
   at::Tensor ids = at::empty({rows, k}, i64());
   if (rows == 0) return {lp, ids};
-  PassResult pr;
+  PassResult& pr = pass_scratch();
   run_pass(logits, static_cast<int>(k), 1, false, Temperature{}, Counter{}, pr);
   raise_on_bad(pr);
   float* lpp = lp.data_ptr<float>();
@@ -402,7 +409,7 @@ at::Tensor sample_impl(const at::Tensor& logits, const Temperature& temp, const 
                       "temperature: expected finite values >= 0 (0 = greedy), got ", t);
     (t == 0.0f ? any_greedy : any_sample) = true;
   }
-  PassResult pr;
+  PassResult& pr = pass_scratch();
   run_pass(logits, any_greedy ? 1 : 0, 0, any_sample, temp, ctr, pr);
   raise_on_bad(pr);
   int64_t* o = out.data_ptr<int64_t>();
@@ -481,11 +488,12 @@ void append_from(const at::Tensor& values, const at::Tensor& count, const at::Te
   int64_t* cnt = count.data_ptr<int64_t>();
   bool* ovf = overflow.data_ptr<bool>();
   const int64_t cap = values.size(1);
-  // Rows bucketed by group (stable: row order inside a group).
-  std::vector<int64_t> order(rows);
+  // Rows bucketed by group (stable: row order inside a group); scratch reused across calls.
+  thread_local std::vector<int64_t> order;
+  thread_local std::vector<float> fresh;
+  order.resize(rows);
   for (int64_t r = 0; r < rows; ++r) order[r] = r;
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return g[a] < g[b]; });
-  std::vector<float> fresh;
+  if (rows > 1) std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return g[a] < g[b]; });
   for (int64_t i = 0; i < rows;) {
     const int64_t grp = g[order[i]];
     int64_t j = i;
@@ -523,9 +531,31 @@ void append_impl(const at::Tensor& values, const at::Tensor& count, const at::Te
 
 using StepOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+// The public API's capacity rule on CPU: ValueError before anything changes when a group
+// would hold more than `capacity` values after this step's append (EntropyHistory.check_room
+// says the same). Below the API the step flags the group instead (append_from).
+void check_room(const at::Tensor& values, const at::Tensor& count, const int64_t* g, int64_t rows) {
+  const int64_t* cnt = count.data_ptr<int64_t>();
+  const int64_t cap = values.size(1);
+  bool fits = true;  // the common case, decided without counting rows per group
+  for (int64_t r = 0; r < rows && fits; ++r) fits = cnt[g[r]] + rows <= cap;
+  if (fits) return;
+  std::vector<int64_t> ids(g, g + rows);
+  std::sort(ids.begin(), ids.end());
+  for (int64_t i = 0; i < rows;) {
+    int64_t j = i;
+    while (j < rows && ids[j] == ids[i]) ++j;
+    const int64_t need = cnt[ids[i]] + (j - i);
+    TORCH_CHECK_VALUE(need <= cap, "EntropyHistory: group ", ids[i], " would hold ", need,
+                      " values, over capacity ", cap, "; create the history with a larger capacity");
+    i = j;
+  }
+}
+
 StepOut step_impl(const at::Tensor& logits, const at::Tensor& values, const at::Tensor& count,
                   const at::Tensor& overflow, const at::Tensor& group, int64_t k, const Temperature& temp,
-                  int64_t entropy_top_k, double q, double theta, double initial, const Counter& ctr) {
+                  int64_t entropy_top_k, double q, double theta, double initial, const Counter& ctr,
+                  bool room_check = false) {
   check_logits(logits);
   check_history(values, count);
   const int64_t rows = logits.size(0), vocab = logits.size(1);
@@ -540,6 +570,7 @@ StepOut step_impl(const at::Tensor& logits, const at::Tensor& values, const at::
   at::Tensor cand_lp = at::empty({rows, k}, f32());
   if (rows == 0) return {ent, thr, branch, token, cand_ids, cand_lp};
   const int64_t* g = group_ptr(group, rows, values.size(0));
+  if (room_check) check_room(values, count, g, rows);
   bool any_sample = false;
   for (int64_t r = 0; r < rows; ++r) {
     const float t = temp.at(r);
@@ -548,7 +579,7 @@ StepOut step_impl(const at::Tensor& logits, const at::Tensor& values, const at::
     any_sample |= t > 0.0f;
   }
   const int kp = static_cast<int>(std::max<int64_t>(k, entropy_top_k));
-  PassResult pr;
+  PassResult& pr = pass_scratch();
   run_pass(logits, kp, entropy_top_k > 0 ? 1 : 2, any_sample, temp, ctr, pr);
   raise_on_bad(pr);  // before any history change
 
@@ -696,12 +727,12 @@ at::Tensor py_sample(const at::Tensor& logits, py::handle temperature, py::handl
 StepOut py_step(const at::Tensor& logits, const at::Tensor& values, const at::Tensor& count,
                 const at::Tensor& overflow, const at::Tensor& group, int64_t k, py::handle temperature,
                 py::handle entropy_top_k, double q, double theta, double initial, py::handle seed,
-                py::handle offset) {
+                py::handle offset, bool room_check) {
   at::Tensor keep;
   const Temperature temp = temperature_from_py(temperature, logits.size(0), keep);
   at::Tensor keep_seed;
   return step_impl(logits, values, count, overflow, group, k, temp, optional_int(entropy_top_k), q, theta,
-                   initial, counter_from_py(seed, offset, logits.size(0), keep_seed));
+                   initial, counter_from_py(seed, offset, logits.size(0), keep_seed), room_check);
 }
 
 // The package's uniform stream as the kernels compute it (for the bit-exactness tests).
@@ -759,7 +790,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("eager_step", &py_step, py::arg("logits"), py::arg("hist_values"), py::arg("hist_count"),
         py::arg("hist_overflow"), py::arg("group"), py::arg("k"), py::arg("temperature"),
         py::arg("entropy_top_k"), py::arg("q"), py::arg("theta"), py::arg("initial_threshold"),
-        py::arg("seed"), py::arg("offset"));
+        py::arg("seed"), py::arg("offset"), py::arg("room_check") = false,
+        "One EAGer step. room_check=True: raise ValueError before any change when a group would "
+        "overflow the history's capacity (what ek.eager_step does on CPU); False: flag it in "
+        "hist_overflow and leave the group unchanged (as the CUDA kernels do).");
   m.def("philox_uniform", &py_uniforms, py::arg("rows"), py::arg("cols"), py::arg("seed"), py::arg("offset"),
         "The uniform stream as the kernels compute it (tests compare it with reference.philox_uniform).");
   m.def("gumbel_bounds", &py_gumbel_bounds, "Upper bounds of the Gumbel noise per lzcnt bucket.");

@@ -142,6 +142,47 @@ def test_fused_history_merge_long_buffers_and_ties(backend, fill):
     torch.testing.assert_close(hist.values.cpu(), ref.values, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("group_ids", [[1, 0, 1], [0, 0, 0, 1, 1]])
+def test_step_raises_before_a_group_overflows_on_cpu(backend, group_ids):
+    """On CPU the public step raises ValueError naming the first full group before any
+    change (the C++ step checks the room itself, the other backends through check_room)."""
+    name, device = backend
+    if device == "cuda":
+        pytest.skip("on CUDA a full group is flagged, not raised (the test below)")
+    hist = ek.EntropyHistory(2, 3, device=device, backend=name)
+    hist.append(torch.tensor([1.0, 2.0, 3.0], device=device), torch.tensor([0, 1, 1], device=device))
+    saved = (hist.values.clone(), hist.count.clone(), hist.overflow.clone())
+    group = torch.tensor(group_ids, device=device)
+    x = torch.zeros(len(group_ids), 16, device=device)
+    full = 1 if group_ids == [1, 0, 1] else 0  # [0, 0, 0, 1, 1]: both overflow, group 0 is named
+    with pytest.raises(ValueError, match=f"group {full} would hold 4 values, over capacity 3"):
+        ek.eager_step(x, hist, group, k=2, temperature=0.5, q=50.0, theta=0.0, initial_threshold=1.0,
+                      seed=0, offset=0, backend=name)
+    assert all(torch.equal(a, b) for a, b in zip((hist.values, hist.count, hist.overflow), saved))
+    out = ek.eager_step(x[:1], hist, group[:1], k=2, temperature=0.5, q=50.0, theta=0.0, initial_threshold=1.0,
+                        seed=0, offset=0, backend=name)  # a step that fits still runs
+    assert hist.count.sum().item() == 4 and out.token.shape == (1,)
+
+
+def test_cpu_step_room_check_flag():
+    """_C.eager_step(..., room_check=True) raises like the public API; the default flags."""
+    if not ek.cpu_extension_available():
+        pytest.skip("the C++ extension is not built")
+    from eager_kernels import _C
+
+    x = torch.zeros(3, 16)
+    group = torch.tensor([0, 0, 1])
+    hist = ek.EntropyHistory(2, 2, backend="cpu")
+    args = (x, hist.values, hist.count, hist.overflow, group, 2, 0.0, None, 50.0, 0.0, 1.0, 0, 0)
+    _C.eager_step(*args, True)
+    assert hist.count.tolist() == [2, 1]
+    with pytest.raises(ValueError, match="group 0 would hold 4 values, over capacity 2"):
+        _C.eager_step(*args, room_check=True)
+    assert hist.count.tolist() == [2, 1] and not hist.overflow.any()
+    _C.eager_step(*args)
+    assert hist.count.tolist() == [2, 2] and hist.overflow.tolist() == [True, False]
+
+
 def test_fused_step_sets_overflow_flag_when_called_below_the_api(backend):
     """Where the public API cannot check capacity without a host sync (CUDA), the fused
     step leaves a full group untouched and flags it; other groups are appended."""
