@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -247,9 +248,23 @@ void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Tem
       fn(p, R);
     }
   };
-  // Small inputs run on the calling thread: a parallel region costs microseconds.
-  const int64_t grain = rows * vocab < 8192 ? items : 1;
-  at::parallel_for(0, items, grain, work);
+  // Small inputs run on the calling thread: a parallel region costs microseconds. Otherwise
+  // the threads take items one at a time from a shared counter (dynamic, not a fixed share
+  // each): chunks of the same size differ in work (the Gumbel candidates of a row depend on
+  // its values; 77..109 us a row for the 8 rows of benchmarks/bench_cpu_isa.py at B = 8, flat
+  // logits, AVX2 tier), and a fixed split in index order left one of two threads 7% longer.
+  // Which thread runs an item never changes its result (one ChunkResult slot per item).
+  if (rows * vocab < 8192 || items == 1) {
+    work(0, items);
+  } else {
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+      for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < items;
+           i = next.fetch_add(1, std::memory_order_relaxed)) {
+        work(i, i + 1);
+      }
+    });
+  }
 
   // Merge each row's chunks in column order.
   out.kp = kp;
