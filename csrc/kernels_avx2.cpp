@@ -477,13 +477,30 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   for (int64_t b0 = P.begin; b0 < P.end; b0 += kBlock) {
     const int n = static_cast<int>(P.end - b0 < kBlock ? P.end - b0 : kBlock);
     const int nfull = n >> 3, nv = (n + 7) >> 3;
-    // Sub-pass 1 (the only read of memory): convert to float32 into L1, max, NaN/+inf.
+    // Sub-pass 1 (the only read of memory): convert to float32 into L1, max, NaN/+inf. Two
+    // max chains: with one, the loop waited on the max latency (one thread, B = 8, V = 152064
+    // float32, this loop alone 92 -> 70 us; the greedy pass 345-362 -> 326-333 us).
     __m256 vmax = vninf, vbad = _mm256_setzero_ps();
-    for (int v = 0; v < nfull; ++v) {
-      const __m256 x = load8<Kind>(P.row, b0 + 8 * v);
-      _mm256_store_ps(xb + 8 * v, x);
-      vmax = _mm256_max_ps(vmax, x);
-      vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
+    {
+      __m256 vmax1 = vninf, vbad1 = _mm256_setzero_ps();
+      int v = 0;
+      for (; v + 1 < nfull; v += 2) {
+        const __m256 x0 = load8<Kind>(P.row, b0 + 8 * v), x1 = load8<Kind>(P.row, b0 + 8 * v + 8);
+        _mm256_store_ps(xb + 8 * v, x0);
+        _mm256_store_ps(xb + 8 * v + 8, x1);
+        vmax = _mm256_max_ps(vmax, x0);
+        vmax1 = _mm256_max_ps(vmax1, x1);
+        vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x0, vinf, _CMP_NLT_UQ));
+        vbad1 = _mm256_or_ps(vbad1, _mm256_cmp_ps(x1, vinf, _CMP_NLT_UQ));
+      }
+      if (v < nfull) {
+        const __m256 x = load8<Kind>(P.row, b0 + 8 * v);
+        _mm256_store_ps(xb + 8 * v, x);
+        vmax = _mm256_max_ps(vmax, x);
+        vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
+      }
+      vmax = _mm256_max_ps(vmax, vmax1);
+      vbad = _mm256_or_ps(vbad, vbad1);
     }
     if (nfull < nv) {  // the tail vector: -inf past the end
       for (int i = 8 * nfull; i < 8 * nv; ++i) xb[i] = i < n ? load1<Kind>(P.row, b0 + i) : -kInf;
