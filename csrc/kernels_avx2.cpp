@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2,popcnt")
@@ -320,7 +321,7 @@ EK_INLINE void gumbel_quads(const int32_t* quad, int live, const ChunkParams& P,
 // went 780 -> 733 us flat, 586 -> 536 us peaked, and 21.0 -> 11.6 us for one chunk of 16000.
 template <int Kind>
 void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const void* dead, const PhiloxKeys& keys,
-               const BoundLine& line, __m256 vtemp, float& best, int64_t& best_id) {
+               const BoundLine& line, __m256 vtemp, float& best, int64_t& best_id, float* block_max, bool& bad) {
   // Max by blocks of kBlock (4 chains); the first block holding the largest value is kept.
   float xmax = -kInf;
   int64_t xblock = P.begin;
@@ -340,12 +341,25 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
           m4[2 * k + 1] = _mm256_max_ps(m4[2 * k + 1], _mm256_castsi256_ps(_mm256_and_si256(h, hi_mask)));
         }
       }
+    } else if (block_max) {  // float32: also the NaN / +inf test, so the main pass can skip its own
+      const __m256 vinf = _mm256_set1_ps(kInf);
+      __m256 vbad = _mm256_setzero_ps();
+      for (; i + 32 <= n; i += 32) {
+        for (int k = 0; k < 4; ++k) {
+          const __m256 x = load8<Kind>(P.row, b0 + i + 8 * k);
+          m4[k] = _mm256_max_ps(m4[k], x);
+          vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
+        }
+      }
+      for (int64_t j = i; j < n; ++j) bad |= !(load1<Kind>(P.row, b0 + j) < kInf);
+      bad |= _mm256_movemask_ps(vbad) != 0;
     } else {
       for (; i + 32 <= n; i += 32)
         for (int k = 0; k < 4; ++k) m4[k] = _mm256_max_ps(m4[k], load8<Kind>(P.row, b0 + i + 8 * k));
     }
     float bmax = hmax8(_mm256_max_ps(_mm256_max_ps(m4[0], m4[1]), _mm256_max_ps(m4[2], m4[3])));
     for (; i < n; ++i) bmax = std::max(bmax, load1<Kind>(P.row, b0 + i));
+    if (block_max) block_max[(b0 - P.begin) / kBlock] = bmax;
     if (bmax > xmax) {
       xmax = bmax;
       xblock = b0;
@@ -353,7 +367,7 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
   }
   // No finite logit, or a NaN that came out as the max: no seed (the main pass reports NaN
   // and +inf). max_ps drops a NaN met later, so xmax otherwise is a value of the chunk.
-  if (!(xmax > -kInf)) return;
+  if (bad || !(xmax > -kInf)) return;
   int64_t col = xblock;
   while (col + 1 < P.end && !(load1<Kind>(P.row, col) == xmax)) ++col;
   alignas(32) int32_t quad[16];
@@ -372,8 +386,8 @@ __attribute__((noinline)) void block_sums(const float* xb, int nv, float m, __m2
   __m256 s0 = acc[0], s1 = acc[1], t0 = acc[2], t1 = acc[3];
   int v = 0;
   for (; v + 1 < nv; v += 2) {
-    const __m256 d0 = _mm256_max_ps(_mm256_sub_ps(_mm256_load_ps(xb + 8 * v), vm), lo);
-    const __m256 d1 = _mm256_max_ps(_mm256_sub_ps(_mm256_load_ps(xb + 8 * v + 8), vm), lo);
+    const __m256 d0 = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(xb + 8 * v), vm), lo);
+    const __m256 d1 = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(xb + 8 * v + 8), vm), lo);
     const __m256 e0 = exp_nonpos(d0), e1 = exp_nonpos(d1);
     s0 = _mm256_add_ps(s0, e0);
     s1 = _mm256_add_ps(s1, e1);
@@ -383,7 +397,7 @@ __attribute__((noinline)) void block_sums(const float* xb, int nv, float m, __m2
     }
   }
   if (v < nv) {
-    const __m256 d0 = _mm256_max_ps(_mm256_sub_ps(_mm256_load_ps(xb + 8 * v), vm), lo);
+    const __m256 d0 = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(xb + 8 * v), vm), lo);
     const __m256 e0 = exp_nonpos(d0);
     s0 = _mm256_add_ps(s0, e0);
     if (SUMS == 2) t0 = _mm256_fmadd_ps(e0, d0, t0);
@@ -464,6 +478,15 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   PhiloxKeys keys;
   BoundLine line;
   __m256 vtemp = _mm256_setzero_ps();
+  // Float32 sampling: the seed pass also keeps each block's max and tests for NaN / +inf, so
+  // the main pass reads full blocks straight from the row (in L2 after the seed pass) with
+  // no copy, max or test of its own (sub-pass 1 below runs for the partial last block only).
+  float* block_max = nullptr;
+  if (Kind == kF32 && P.sample) {
+    thread_local std::vector<float> block_max_buf;
+    block_max_buf.resize(static_cast<size_t>((P.end - P.begin + kBlock - 1) / kBlock));
+    block_max = block_max_buf.data();
+  }
   if (P.sample) {
     quad_copy<Kind>(dead, P.row, 0, 0);
     if (tail_quad >= 0) quad_copy<Kind>(tail, P.row, 4 * static_cast<int64_t>(tail_quad), P.end);
@@ -471,49 +494,56 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     line.a = _mm256_set1_ps(kGumbelLineA);
     line.c = _mm256_set1_ps(158.0f * kGumbelLineA + P.gumbel_line_b);
     vtemp = _mm256_set1_ps(P.temperature);
-    seed_best<Kind>(P, tail_quad, tail, dead, keys, line, vtemp, best, best_id);
+    seed_best<Kind>(P, tail_quad, tail, dead, keys, line, vtemp, best, best_id, block_max, bad);
   }
 
-  for (int64_t b0 = P.begin; b0 < P.end; b0 += kBlock) {
+  for (int64_t b0 = P.begin; b0 < P.end && !bad; b0 += kBlock) {
     const int n = static_cast<int>(P.end - b0 < kBlock ? P.end - b0 : kBlock);
     const int nfull = n >> 3, nv = (n + 7) >> 3;
-    // Sub-pass 1 (the only read of memory): convert to float32 into L1, max, NaN/+inf. Two
-    // max chains: with one, the loop waited on the max latency (one thread, B = 8, V = 152064
-    // float32, this loop alone 92 -> 70 us; the greedy pass 345-362 -> 326-333 us).
-    __m256 vmax = vninf, vbad = _mm256_setzero_ps();
-    {
-      __m256 vmax1 = vninf, vbad1 = _mm256_setzero_ps();
-      int v = 0;
-      for (; v + 1 < nfull; v += 2) {
-        const __m256 x0 = load8<Kind>(P.row, b0 + 8 * v), x1 = load8<Kind>(P.row, b0 + 8 * v + 8);
-        _mm256_store_ps(xb + 8 * v, x0);
-        _mm256_store_ps(xb + 8 * v + 8, x1);
-        vmax = _mm256_max_ps(vmax, x0);
-        vmax1 = _mm256_max_ps(vmax1, x1);
-        vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x0, vinf, _CMP_NLT_UQ));
-        vbad1 = _mm256_or_ps(vbad1, _mm256_cmp_ps(x1, vinf, _CMP_NLT_UQ));
+    const float* xs = xb;  // the block as float32, -inf past its end up to a multiple of 4 vectors
+    float bmax;
+    if (block_max && n == kBlock) {
+      xs = static_cast<const float*>(P.row) + b0;
+      bmax = block_max[(b0 - P.begin) / kBlock];
+    } else {
+      // Sub-pass 1 (the only read of memory): convert to float32 into L1, max, NaN/+inf. Two
+      // max chains: with one, the loop waited on the max latency (one thread, B = 8, V = 152064
+      // float32, this loop alone 92 -> 70 us; the greedy pass 345-362 -> 326-333 us).
+      __m256 vmax = vninf, vbad = _mm256_setzero_ps();
+      {
+        __m256 vmax1 = vninf, vbad1 = _mm256_setzero_ps();
+        int v = 0;
+        for (; v + 1 < nfull; v += 2) {
+          const __m256 x0 = load8<Kind>(P.row, b0 + 8 * v), x1 = load8<Kind>(P.row, b0 + 8 * v + 8);
+          _mm256_store_ps(xb + 8 * v, x0);
+          _mm256_store_ps(xb + 8 * v + 8, x1);
+          vmax = _mm256_max_ps(vmax, x0);
+          vmax1 = _mm256_max_ps(vmax1, x1);
+          vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x0, vinf, _CMP_NLT_UQ));
+          vbad1 = _mm256_or_ps(vbad1, _mm256_cmp_ps(x1, vinf, _CMP_NLT_UQ));
+        }
+        if (v < nfull) {
+          const __m256 x = load8<Kind>(P.row, b0 + 8 * v);
+          _mm256_store_ps(xb + 8 * v, x);
+          vmax = _mm256_max_ps(vmax, x);
+          vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
+        }
+        vmax = _mm256_max_ps(vmax, vmax1);
+        vbad = _mm256_or_ps(vbad, vbad1);
       }
-      if (v < nfull) {
-        const __m256 x = load8<Kind>(P.row, b0 + 8 * v);
-        _mm256_store_ps(xb + 8 * v, x);
+      if (nfull < nv) {  // the tail vector: -inf past the end
+        for (int i = 8 * nfull; i < 8 * nv; ++i) xb[i] = i < n ? load1<Kind>(P.row, b0 + i) : -kInf;
+        const __m256 x = _mm256_load_ps(xb + 8 * nfull);
         vmax = _mm256_max_ps(vmax, x);
         vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
       }
-      vmax = _mm256_max_ps(vmax, vmax1);
-      vbad = _mm256_or_ps(vbad, vbad1);
+      for (int v = nv; v < ((nv + 3) & ~3); ++v) _mm256_store_ps(xb + 8 * v, vninf);  // for the candidate scan
+      if (_mm256_movemask_ps(vbad)) {
+        bad = true;
+        break;
+      }
+      bmax = hmax8(vmax);
     }
-    if (nfull < nv) {  // the tail vector: -inf past the end
-      for (int i = 8 * nfull; i < 8 * nv; ++i) xb[i] = i < n ? load1<Kind>(P.row, b0 + i) : -kInf;
-      const __m256 x = _mm256_load_ps(xb + 8 * nfull);
-      vmax = _mm256_max_ps(vmax, x);
-      vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
-    }
-    for (int v = nv; v < ((nv + 3) & ~3); ++v) _mm256_store_ps(xb + 8 * v, vninf);  // for the candidate scan
-    if (_mm256_movemask_ps(vbad)) {
-      bad = true;
-      break;
-    }
-    const float bmax = hmax8(vmax);
     if (bmax == -kInf) continue;  // an all -inf block adds nothing
 
     // Sub-pass 2: sum exp(x - m) and exp(x - m) (x - m) against the running max, in float32
@@ -530,18 +560,18 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       m = bmax;
     }
     if (SUMS) {
-      block_sums<SUMS>(xb, nv, m, acc);
+      block_sums<SUMS>(xs, nv, m, acc);
       if (++pending_blocks == 16) flush_sums();
     }
 
     // Running top-kp: only lanes above the current kp-th best need attention.
     if (bmax > thr) {
       for (int v = 0; v < nv; ++v) {
-        uint32_t mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(xb + 8 * v), _mm256_set1_ps(thr), _CMP_GT_OQ));
+        uint32_t mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(xs + 8 * v), _mm256_set1_ps(thr), _CMP_GT_OQ));
         while (mask) {
           const int lane = __builtin_ctz(mask);
           mask &= mask - 1;
-          const float x = xb[8 * v + lane];
+          const float x = xs[8 * v + lane];
           if (x > thr) {
             n_top = top_insert(R.top_val, R.top_id, n_top, kp, x, b0 + 8 * v + lane);
             if (n_top == kp) thr = R.top_val[kp - 1];
@@ -562,10 +592,10 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       // vectors (8 quads) packed to bytes, a quad's 4 bytes one 32-bit lane (any set <=> not 0).
       const __m256i iota8 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
       const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-      for (int v = 0; v < nv; v += 4) {  // xb is -inf past the block: no candidate there
+      for (int v = 0; v < nv; v += 4) {  // xs is -inf past the block: no candidate there
         __m256i c[4];
         for (int i = 0; i < 4; ++i) {
-          const __m256 x = _mm256_load_ps(xb + 8 * (v + i));
+          const __m256 x = _mm256_loadu_ps(xs + 8 * (v + i));
           c[i] = _mm256_castps_si256(_mm256_cmp_ps(_mm256_add_ps(x, vbound), vbest0, _CMP_GT_OQ));
         }
         const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
