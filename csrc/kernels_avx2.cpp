@@ -6,7 +6,9 @@
 //
 // When sampling, a max-only pass over the chunk first seeds the Gumbel best with the score of
 // its largest logit (seed_best). Then per block of kBlock columns: (1) load and convert to
-// float32 into L1, max, NaN / +inf check; (2) the exp sums against the running max (out of
+// float32 into L1, max, NaN / +inf check (float32 sampling: done by the seed pass, which
+// keeps each block's max, and the full blocks are read from the row as they are); (2) the
+// exp sums against the running max (out of
 // line, see block_sums); (3) the top-kp filter, visiting only the lanes above the kp-th best
 // (a movemask per 8 lanes);
 // (4) the Gumbel candidates: quads (4 columns = one Philox call) with a column whose
@@ -25,8 +27,9 @@
 // Measured on an AMD EPYC (Zen 4) with the tier forced, one thread, B = 8, V = 152064,
 // float32 3 randn logits (benchmarks/cpu_chunk_driver.cpp, min of 20): sampling pass 1194
 // -> 704 us, greedy pass 437 -> 334 us, against the version with a scalar enqueue loop,
-// logits copied into the queue, a table bound, no seed, and exp sums spilled to memory
-// (docs/cpu_tiers.md has the steps).
+// logits copied into the queue, a table bound, no seed, and exp sums spilled to memory; then
+// (minimum over 12 alternated rounds) greedy 347 -> 328 us with two max chains in (1),
+// sampling 700 -> 659 us with (1) folded into the seed pass (docs/cpu_tiers.md has the steps).
 #include "eager_cpu.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64))
@@ -323,27 +326,33 @@ template <int Kind>
 void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const void* dead, const PhiloxKeys& keys,
                const BoundLine& line, __m256 vtemp, float& best, int64_t& best_id, float* block_max, bool& bad) {
   // Max by blocks of kBlock (4 chains); the first block holding the largest value is kept.
+  // Also each block's max (block_max) and the NaN / +inf test, which the main pass then
+  // skips for full blocks.
+  const __m256 vinf = _mm256_set1_ps(kInf);
   float xmax = -kInf;
   int64_t xblock = P.begin;
   for (int64_t b0 = P.begin; b0 < P.end; b0 += kBlock) {
     const int64_t n = P.end - b0 < kBlock ? P.end - b0 : kBlock;
     __m256 m4[4] = {_mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf)};
+    __m256 vbad = _mm256_setzero_ps();
     int64_t i = 0;
     if (Kind == kBF16) {
-      // 16 bfloat16 a load, as two float32 vectors in any order (only the max counts): the
-      // even elements shifted up, the odd ones masked in place; 2 operations per 16.
+      // 16 bfloat16 a load, as two float32 vectors in any order (only the max and the test
+      // count): the even elements shifted up, the odd ones masked in place.
       const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
       for (; i + 32 <= n; i += 32) {
         for (int k = 0; k < 2; ++k) {
           const __m256i h = _mm256_loadu_si256(
               reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(P.row) + b0 + i + 16 * k));
-          m4[2 * k] = _mm256_max_ps(m4[2 * k], _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)));
-          m4[2 * k + 1] = _mm256_max_ps(m4[2 * k + 1], _mm256_castsi256_ps(_mm256_and_si256(h, hi_mask)));
+          const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+          const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(h, hi_mask));
+          m4[2 * k] = _mm256_max_ps(m4[2 * k], even);
+          m4[2 * k + 1] = _mm256_max_ps(m4[2 * k + 1], odd);
+          vbad = _mm256_or_ps(vbad, _mm256_or_ps(_mm256_cmp_ps(even, vinf, _CMP_NLT_UQ),
+                                                 _mm256_cmp_ps(odd, vinf, _CMP_NLT_UQ)));
         }
       }
-    } else if (block_max) {  // float32: also the NaN / +inf test, so the main pass can skip its own
-      const __m256 vinf = _mm256_set1_ps(kInf);
-      __m256 vbad = _mm256_setzero_ps();
+    } else {
       for (; i + 32 <= n; i += 32) {
         for (int k = 0; k < 4; ++k) {
           const __m256 x = load8<Kind>(P.row, b0 + i + 8 * k);
@@ -351,15 +360,12 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
           vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
         }
       }
-      for (int64_t j = i; j < n; ++j) bad |= !(load1<Kind>(P.row, b0 + j) < kInf);
-      bad |= _mm256_movemask_ps(vbad) != 0;
-    } else {
-      for (; i + 32 <= n; i += 32)
-        for (int k = 0; k < 4; ++k) m4[k] = _mm256_max_ps(m4[k], load8<Kind>(P.row, b0 + i + 8 * k));
     }
+    for (int64_t j = i; j < n; ++j) bad |= !(load1<Kind>(P.row, b0 + j) < kInf);
+    bad |= _mm256_movemask_ps(vbad) != 0;
     float bmax = hmax8(_mm256_max_ps(_mm256_max_ps(m4[0], m4[1]), _mm256_max_ps(m4[2], m4[3])));
     for (; i < n; ++i) bmax = std::max(bmax, load1<Kind>(P.row, b0 + i));
-    if (block_max) block_max[(b0 - P.begin) / kBlock] = bmax;
+    block_max[(b0 - P.begin) / kBlock] = bmax;
     if (bmax > xmax) {
       xmax = bmax;
       xblock = b0;
@@ -478,11 +484,12 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   PhiloxKeys keys;
   BoundLine line;
   __m256 vtemp = _mm256_setzero_ps();
-  // Float32 sampling: the seed pass also keeps each block's max and tests for NaN / +inf, so
-  // the main pass reads full blocks straight from the row (in L2 after the seed pass) with
-  // no copy, max or test of its own (sub-pass 1 below runs for the partial last block only).
+  // Sampling: the seed pass also keeps each block's max and tests for NaN / +inf, so for
+  // full blocks the main pass skips both: float32 reads the block straight from the row (in
+  // L2 after the seed pass) with no copy, the 16-bit kinds only convert it into L1 (sub-pass
+  // 1 in full runs for the partial last block only, and when not sampling).
   float* block_max = nullptr;
-  if (Kind == kF32 && P.sample) {
+  if (P.sample) {
     thread_local std::vector<float> block_max_buf;
     block_max_buf.resize(static_cast<size_t>((P.end - P.begin + kBlock - 1) / kBlock));
     block_max = block_max_buf.data();
@@ -503,8 +510,12 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     const float* xs = xb;  // the block as float32, -inf past its end up to a multiple of 4 vectors
     float bmax;
     if (block_max && n == kBlock) {
-      xs = static_cast<const float*>(P.row) + b0;
       bmax = block_max[(b0 - P.begin) / kBlock];
+      if (Kind == kF32) {
+        xs = static_cast<const float*>(P.row) + b0;
+      } else {
+        for (int v = 0; v < kBlock / 8; ++v) _mm256_store_ps(xb + 8 * v, load8<Kind>(P.row, b0 + 8 * v));
+      }
     } else {
       // Sub-pass 1 (the only read of memory): convert to float32 into L1, max, NaN/+inf. Two
       // max chains: with one, the loop waited on the max latency (one thread, B = 8, V = 152064
