@@ -63,6 +63,23 @@ EK_INLINE __m256 load8(const void* row, int64_t i) {
   return _mm256_cvtph_ps(h);
 }
 
+// 16 elements as two float32 vectors in column order. bfloat16 from one 256-bit load: the
+// qwords reordered [0, 2, 1, 3], so the unpacks with zero give columns 0..7 and 8..15 (4
+// operations per 16 against 6 for two load8; the bfloat16 sampling pass 680 -> 659 us flat,
+// 496 -> 470 peaked, one thread, B = 8, V = 152064).
+template <int Kind>
+EK_INLINE void load16(const void* row, int64_t i, __m256& x0, __m256& x1) {
+  if (Kind == kBF16) {
+    const __m256i h = _mm256_permute4x64_epi64(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + i)), 0xD8);
+    x0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), h));
+    x1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), h));
+  } else {
+    x0 = load8<Kind>(row, i);
+    x1 = load8<Kind>(row, i + 8);
+  }
+}
+
 template <int Kind>
 EK_INLINE float load1(const void* row, int64_t i) {
   if (Kind == kF32) return static_cast<const float*>(row)[i];
@@ -514,7 +531,12 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       if (Kind == kF32) {
         xs = static_cast<const float*>(P.row) + b0;
       } else {
-        for (int v = 0; v < kBlock / 8; ++v) _mm256_store_ps(xb + 8 * v, load8<Kind>(P.row, b0 + 8 * v));
+        for (int v = 0; v < kBlock / 8; v += 2) {
+          __m256 x0, x1;
+          load16<Kind>(P.row, b0 + 8 * v, x0, x1);
+          _mm256_store_ps(xb + 8 * v, x0);
+          _mm256_store_ps(xb + 8 * v + 8, x1);
+        }
       }
     } else {
       // Sub-pass 1 (the only read of memory): convert to float32 into L1, max, NaN/+inf. Two
@@ -525,7 +547,8 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
         __m256 vmax1 = vninf, vbad1 = _mm256_setzero_ps();
         int v = 0;
         for (; v + 1 < nfull; v += 2) {
-          const __m256 x0 = load8<Kind>(P.row, b0 + 8 * v), x1 = load8<Kind>(P.row, b0 + 8 * v + 8);
+          __m256 x0, x1;
+          load16<Kind>(P.row, b0 + 8 * v, x0, x1);
           _mm256_store_ps(xb + 8 * v, x0);
           _mm256_store_ps(xb + 8 * v + 8, x1);
           vmax = _mm256_max_ps(vmax, x0);
