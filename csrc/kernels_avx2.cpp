@@ -5,10 +5,10 @@
 // emitted with AVX2 instructions here).
 //
 // When sampling, a max-only pass over the chunk first seeds the Gumbel best with the score of
-// its largest logit (seed_best). Then per block of kBlock columns: (1) load and convert to
-// float32 into L1, max, NaN / +inf check (float32 sampling: done by the seed pass, which
-// keeps each block's max, and the full blocks are read from the row as they are); (2) the
-// exp sums against the running max (out of
+// its largest logit, keeping each block's max and testing for NaN / +inf (seed_best). Then
+// per block of kBlock columns: (1) load and convert to float32 into L1, max, NaN / +inf check
+// (when sampling, full blocks skip the max and the check: float32 is read from the row as it
+// is, the 16-bit kinds are only converted); (2) the exp sums against the running max (out of
 // line, see block_sums); (3) the top-kp filter, visiting only the lanes above the kp-th best
 // (a movemask per 8 lanes);
 // (4) the Gumbel candidates: quads (4 columns = one Philox call) with a column whose
@@ -126,8 +126,8 @@ constexpr float kExp2Eighths[8] = {1.0f, 1.0905077327f, 1.1892071150f, 1.2968395
 // form, 370 with 8 FMA-class operations, 334 with these 6). Accuracy against exp in double
 // (benchmarks/avx2_exp_accuracy.cpp): at most 2.3 ulp (mean 0.5) for d in [-1, 0], 4.2
 // (mean 1.1) for d in [-10, 0] (r carries the rounding of 8 log2 e, a relative error of
-// about 1.3e-8 |d|); the float32 partial sums of about 600 terms a lane round far more. The sums differ from the AVX-512 tier's in the last bits; the draws do not (no
-// exp there).
+// about 1.3e-8 |d|); the float32 partial sums of about 600 terms a lane round far more. The
+// sums differ from the AVX-512 tier's in the last bits; the draws do not (no exp there).
 EK_INLINE __m256 exp_nonpos(__m256 d) {
   const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 1.5 2^23
   const __m256 t = _mm256_fmadd_ps(d, _mm256_set1_ps(8.0f * kLog2E), shifter);
@@ -378,18 +378,21 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
         }
       }
     }
-    for (int64_t j = i; j < n; ++j) bad |= !(load1<Kind>(P.row, b0 + j) < kInf);
     bad |= _mm256_movemask_ps(vbad) != 0;
     float bmax = hmax8(_mm256_max_ps(_mm256_max_ps(m4[0], m4[1]), _mm256_max_ps(m4[2], m4[3])));
-    for (; i < n; ++i) bmax = std::max(bmax, load1<Kind>(P.row, b0 + i));
+    for (; i < n; ++i) {
+      const float x = load1<Kind>(P.row, b0 + i);
+      bmax = std::max(bmax, x);
+      bad |= !(x < kInf);
+    }
     block_max[(b0 - P.begin) / kBlock] = bmax;
     if (bmax > xmax) {
       xmax = bmax;
       xblock = b0;
     }
   }
-  // No finite logit, or a NaN that came out as the max: no seed (the main pass reports NaN
-  // and +inf). max_ps drops a NaN met later, so xmax otherwise is a value of the chunk.
+  // NaN / +inf (the caller reports it) or no finite logit: no seed. Otherwise xmax is a
+  // value of the chunk.
   if (bad || !(xmax > -kInf)) return;
   int64_t col = xblock;
   while (col + 1 < P.end && !(load1<Kind>(P.row, col) == xmax)) ++col;
@@ -510,8 +513,6 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     thread_local std::vector<float> block_max_buf;
     block_max_buf.resize(static_cast<size_t>((P.end - P.begin + kBlock - 1) / kBlock));
     block_max = block_max_buf.data();
-  }
-  if (P.sample) {
     quad_copy<Kind>(dead, P.row, 0, 0);
     if (tail_quad >= 0) quad_copy<Kind>(tail, P.row, 4 * static_cast<int64_t>(tail_quad), P.end);
     make_keys(keys, P.key0, P.key1);
@@ -539,9 +540,9 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
         }
       }
     } else {
-      // Sub-pass 1 (the only read of memory): convert to float32 into L1, max, NaN/+inf. Two
-      // max chains: with one, the loop waited on the max latency (one thread, B = 8, V = 152064
-      // float32, this loop alone 92 -> 70 us; the greedy pass 345-362 -> 326-333 us).
+      // Sub-pass 1 (the only read of memory when not sampling): convert to float32 into L1,
+      // max, NaN/+inf. Two max chains: with one, the loop waited on the max latency (one
+      // thread, B = 8, V = 152064 float32: the greedy pass 347 -> 328 us).
       __m256 vmax = vninf, vbad = _mm256_setzero_ps();
       {
         __m256 vmax1 = vninf, vbad1 = _mm256_setzero_ps();
