@@ -1,0 +1,81 @@
+"""Parts of the C++ eager_step's time that bench_cpu_isa.py does not separate.
+
+    python benchmarks/bench_cpu_step_parts.py [--isa avx2] [--dist randn3]
+
+1. The 2-thread `_C.eager_step` alone (no Python wrapper) on bench_cpu_isa.py's B = 8,
+   V = 152064 logits, sampling: minimum and 10th percentile of 400 calls.
+2. The Python wrapper: `ek.eager_step` against `_C.eager_step` at B = 1, V = 64 (the kernel
+   is negligible), 1st percentile of 20000 calls each.
+3. The cost of each of the B = 8 rows on one thread (the row repeated 4 times, one chunk per
+   row as at B = 8, divided by 4; minimum of 30): rows of one shape differ in Gumbel work,
+   which is why run_pass hands out chunks one at a time.
+"""
+import argparse
+import time
+
+import torch
+
+torch.set_num_threads(2)  # before any parallel region (a later set to 2 after 1 may stick at 1)
+
+import eager_kernels as ek  # noqa: E402
+from eager_kernels import _C  # noqa: E402
+from eager_kernels import benchmarking as bm  # noqa: E402
+
+ARGS = dict(k=4, entropy_top_k=20, q=99.0, theta=2.0, initial=5.0)
+
+
+def _times(fn, runs, warmup=10):
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        fn()
+        out.append((time.perf_counter_ns() - t0) / 1e3)
+    return sorted(out)
+
+
+def _direct(x, hist, group, temperature):
+    a = ARGS
+    return lambda: _C.eager_step(x, hist.values, hist.count, hist.overflow, group, a["k"], temperature,
+                                 a["entropy_top_k"], a["q"], a["theta"], a["initial"], 1, 0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--isa", default="avx2", choices=["avx512", "avx2", "scalar"])
+    p.add_argument("--dist", default="randn3", choices=list(bm.DISTRIBUTIONS))
+    args = p.parse_args(argv)
+    _C.set_isa(args.isa)
+    rows, vocab = 8, 152064
+    x = bm.bench_logits(rows, vocab, torch.float32, "cpu", args.dist, seed=rows * 1_000_003 + vocab)
+    print(f"# tier {_C.isa()}, logits {args.dist}, torch {torch.__version__}")
+
+    hist = ek.EntropyHistory(rows, 10**6)
+    t = _times(_direct(x, hist, torch.arange(rows), 0.6), 400)
+    print(f"2 threads, _C.eager_step B={rows} V={vocab} sampling: min {t[0]:.1f} us, p10 {t[len(t) // 10]:.1f} us")
+
+    small = torch.randn(1, 64) * 3
+    h1, g1 = ek.EntropyHistory(1, 10**6), torch.zeros(1, dtype=torch.int64)
+    direct = _times(_direct(small, h1, g1, 0.0), 20000)
+    a = ARGS
+    wrapped = _times(lambda: ek.eager_step(small, h1, g1, k=a["k"], temperature=0.0, entropy_top_k=a["entropy_top_k"],
+                                           q=a["q"], theta=a["theta"], initial_threshold=a["initial"], seed=1,
+                                           offset=0, backend="cpu"), 20000)
+    p1 = len(direct) // 100
+    print(f"B=1 V=64 greedy, 1st percentile: ek.eager_step {wrapped[p1]:.2f} us, _C.eager_step {direct[p1]:.2f} us, "
+          f"wrapper {wrapped[p1] - direct[p1]:.2f} us")
+
+    torch.set_num_threads(1)
+    costs = []
+    for r in range(rows):
+        xr = x[r:r + 1].expand(4, -1).contiguous()
+        hr = ek.EntropyHistory(1, 10**6)
+        costs.append(_times(_direct(xr, hr, torch.zeros(4, dtype=torch.int64), 0.6), 30, warmup=3)[0] / 4)
+    half = rows // 2
+    print("1 thread, each row (us): " + ", ".join(f"{c:.1f}" for c in costs)
+          + f"; rows 0-{half - 1}: {sum(costs[:half]):.0f} us, rows {half}-{rows - 1}: {sum(costs[half:]):.0f} us")
+
+
+if __name__ == "__main__":
+    main()
