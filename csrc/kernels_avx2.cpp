@@ -22,14 +22,17 @@
 //
 // The log polynomial is the AVX-512 one (eager_cpu.h), so both tiers give the same scores
 // and draws. The exp of the sums is this tier's own (exp_nonpos, 6 FMA-class operations
-// against 10): sums agree with the AVX-512 tier's to float32 rounding, not bit for bit.
+// against 10; for the log-sum-exp alone exp_nonpos_acc, its last multiply fused into the
+// sum, and no clamp where the block's min allows): sums agree with the AVX-512 tier's to
+// float32 rounding, not bit for bit.
 //
 // Measured on an AMD EPYC (Zen 4) with the tier forced, one thread, B = 8, V = 152064,
 // float32 3 randn logits (benchmarks/cpu_chunk_driver.cpp, min of 20): sampling pass 1194
 // -> 704 us, greedy pass 437 -> 334 us, against the version with a scalar enqueue loop,
 // logits copied into the queue, a table bound, no seed, and exp sums spilled to memory; then
 // (minimum over 12 alternated rounds) greedy 347 -> 328 us with two max chains in (1),
-// sampling 700 -> 659 us with (1) folded into the seed pass (docs/cpu_tiers.md has the steps).
+// sampling 700 -> 659 us with (1) folded into the seed pass, 647 -> 607 us with the fused
+// exp sum and the clamp left out (docs/cpu_tiers.md has the steps).
 #include "eager_cpu.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64))
@@ -100,6 +103,8 @@ EK_INLINE float hmax8(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
+EK_INLINE float hmin8(__m256 v) { return -hmax8(_mm256_sub_ps(_mm256_setzero_ps(), v)); }
+
 EK_INLINE float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -140,6 +145,29 @@ EK_INLINE __m256 exp_nonpos(__m256 d) {
   const __m256 y = _mm256_mul_ps(p, _mm256_permutevar8x32_ps(eighths, _mm256_castps_si256(t)));
   const __m256i scale = _mm256_slli_epi32(_mm256_and_si256(_mm256_castps_si256(t), _mm256_set1_epi32(~7)), 20);
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), scale));
+}
+
+// acc + exp(d) for d in [-86.5, 0]: exp_nonpos with its multiply by the table fused into the
+// sum: the scale 2^(n div 8) goes into the table value 2^((n mod 8)/8) by the integer add
+// (a normal float: n div 8 >= -11), then acc + p 2^(j/8) 2^k is one FMA. One operation less
+// than exp_nonpos then an add, one rounding less. With the clamp left out where the block's
+// min allows (block_sums), 12 operations an 8-lane vector against 14: one thread, B = 8,
+// V = 152064 float32, the sampling pass 647 -> 607 us flat, 457 -> 416 peaked, greedy 332 ->
+// 301; bfloat16 sampling 658 -> 641 flat, 470 -> 447 peaked (benchmarks/cpu_chunk_driver.cpp,
+// min over 8 alternated rounds).
+EK_INLINE __m256 exp_nonpos_acc(__m256 d, __m256 acc) {
+  const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 1.5 2^23
+  const __m256 t = _mm256_fmadd_ps(d, _mm256_set1_ps(8.0f * kLog2E), shifter);
+  const __m256 n = _mm256_sub_ps(t, shifter);
+  const __m256 r = _mm256_fmsub_ps(d, _mm256_set1_ps(8.0f * kLog2E), n);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kExp2Cubic[0]), r, _mm256_set1_ps(kExp2Cubic[1]));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[2]));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[3]));
+  const __m256 eighths = _mm256_loadu_ps(kExp2Eighths);
+  const __m256i scale = _mm256_slli_epi32(_mm256_and_si256(_mm256_castps_si256(t), _mm256_set1_epi32(~7)), 20);
+  const __m256 e = _mm256_castsi256_ps(
+      _mm256_add_epi32(_mm256_castps_si256(_mm256_permutevar8x32_ps(eighths, _mm256_castps_si256(t))), scale));
+  return _mm256_fmadd_ps(p, e, acc);
 }
 
 // log(x) for positive normal x (kLogPoly, eager_cpu.h), the same operations as log_pos of
@@ -341,16 +369,18 @@ EK_INLINE void gumbel_quads(const int32_t* quad, int live, const ChunkParams& P,
 // went 780 -> 733 us flat, 586 -> 536 us peaked, and 21.0 -> 11.6 us for one chunk of 16000.
 template <int Kind>
 void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const void* dead, const PhiloxKeys& keys,
-               const BoundLine& line, __m256 vtemp, float& best, int64_t& best_id, float* block_max, bool& bad) {
+               const BoundLine& line, __m256 vtemp, float& best, int64_t& best_id, float* block_max, float* block_min,
+               bool& bad) {
   // Max by blocks of kBlock (4 chains); the first block holding the largest value is kept.
-  // Also each block's max (block_max) and the NaN / +inf test, which the main pass then
-  // skips for full blocks.
+  // Also each block's max (block_max) and min (block_min, for the sums' clamp) and the NaN /
+  // +inf test, which the main pass then skips for full blocks.
   const __m256 vinf = _mm256_set1_ps(kInf);
   float xmax = -kInf;
   int64_t xblock = P.begin;
   for (int64_t b0 = P.begin; b0 < P.end; b0 += kBlock) {
     const int64_t n = P.end - b0 < kBlock ? P.end - b0 : kBlock;
     __m256 m4[4] = {_mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf)};
+    __m256 n4[4] = {vinf, vinf, vinf, vinf};
     __m256 vbad = _mm256_setzero_ps();
     int64_t i = 0;
     if (Kind == kBF16) {
@@ -365,6 +395,8 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
           const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(h, hi_mask));
           m4[2 * k] = _mm256_max_ps(m4[2 * k], even);
           m4[2 * k + 1] = _mm256_max_ps(m4[2 * k + 1], odd);
+          n4[2 * k] = _mm256_min_ps(n4[2 * k], even);
+          n4[2 * k + 1] = _mm256_min_ps(n4[2 * k + 1], odd);
           vbad = _mm256_or_ps(vbad, _mm256_or_ps(_mm256_cmp_ps(even, vinf, _CMP_NLT_UQ),
                                                  _mm256_cmp_ps(odd, vinf, _CMP_NLT_UQ)));
         }
@@ -374,6 +406,7 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
         for (int k = 0; k < 4; ++k) {
           const __m256 x = load8<Kind>(P.row, b0 + i + 8 * k);
           m4[k] = _mm256_max_ps(m4[k], x);
+          n4[k] = _mm256_min_ps(n4[k], x);
           vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
         }
       }
@@ -386,6 +419,9 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
       bad |= !(x < kInf);
     }
     block_max[(b0 - P.begin) / kBlock] = bmax;
+    // The min of a full block (a partial one goes through sub-pass 1, which takes its own).
+    block_min[(b0 - P.begin) / kBlock] =
+        i == kBlock ? hmin8(_mm256_min_ps(_mm256_min_ps(n4[0], n4[1]), _mm256_min_ps(n4[2], n4[3]))) : -kInf;
     if (bmax > xmax) {
       xmax = bmax;
       xblock = b0;
@@ -402,24 +438,34 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
 }
 
 // Sums of one block against the running max m: acc[0..1] += exp(x - m) (two chains),
-// acc[2..3] += exp(x - m) (x - m) when SUMS == 2. Kept out of line: the accumulators then
+// acc[2..3] += exp(x - m) (x - m) when SUMS == 2. CLAMP: x - m clamped at -86.5 (the range
+// of exp_nonpos); the caller leaves it out when the block's min is within 86 of m (the
+// loop is bound by the FP pipes as a whole on Zen 4, not only the FMA pipes: every
+// operation counts). Kept out of line: the accumulators then
 // stay in registers for the loop (inlined, GCC kept them in memory across the chunk loop,
 // and every add waited on a store-to-load round trip).
-template <int SUMS>
+template <int SUMS, bool CLAMP>
 __attribute__((noinline)) void block_sums(const float* xb, int nv, float m, __m256* acc) {
   const __m256 vm = _mm256_set1_ps(m);
   const __m256 lo = _mm256_set1_ps(-86.5f);
   __m256 s0 = acc[0], s1 = acc[1], t0 = acc[2], t1 = acc[3];
   int v = 0;
   for (; v + 1 < nv; v += 2) {
-    const __m256 d0 = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(xb + 8 * v), vm), lo);
-    const __m256 d1 = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(xb + 8 * v + 8), vm), lo);
-    const __m256 e0 = exp_nonpos(d0), e1 = exp_nonpos(d1);
-    s0 = _mm256_add_ps(s0, e0);
-    s1 = _mm256_add_ps(s1, e1);
+    __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(xb + 8 * v), vm);
+    __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(xb + 8 * v + 8), vm);
+    if (CLAMP) {
+      d0 = _mm256_max_ps(d0, lo);
+      d1 = _mm256_max_ps(d1, lo);
+    }
     if (SUMS == 2) {
+      const __m256 e0 = exp_nonpos(d0), e1 = exp_nonpos(d1);
+      s0 = _mm256_add_ps(s0, e0);
+      s1 = _mm256_add_ps(s1, e1);
       t0 = _mm256_fmadd_ps(e0, d0, t0);
       t1 = _mm256_fmadd_ps(e1, d1, t1);
+    } else {
+      s0 = exp_nonpos_acc(d0, s0);
+      s1 = exp_nonpos_acc(d1, s1);
     }
   }
   if (v < nv) {
@@ -509,26 +555,31 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   // L2 after the seed pass) with no copy, the 16-bit kinds only convert it into L1 (sub-pass
   // 1 in full runs for the partial last block only, and when not sampling).
   float* block_max = nullptr;
+  float* block_min = nullptr;
   if (P.sample) {
     thread_local std::vector<float> block_max_buf;
     block_max_buf.resize(static_cast<size_t>((P.end - P.begin + kBlock - 1) / kBlock));
     block_max = block_max_buf.data();
+    thread_local std::vector<float> block_min_buf;
+    block_min_buf.resize(block_max_buf.size());
+    block_min = block_min_buf.data();
     quad_copy<Kind>(dead, P.row, 0, 0);
     if (tail_quad >= 0) quad_copy<Kind>(tail, P.row, 4 * static_cast<int64_t>(tail_quad), P.end);
     make_keys(keys, P.key0, P.key1);
     line.a = _mm256_set1_ps(kGumbelLineA);
     line.c = _mm256_set1_ps(158.0f * kGumbelLineA + P.gumbel_line_b);
     vtemp = _mm256_set1_ps(P.temperature);
-    seed_best<Kind>(P, tail_quad, tail, dead, keys, line, vtemp, best, best_id, block_max, bad);
+    seed_best<Kind>(P, tail_quad, tail, dead, keys, line, vtemp, best, best_id, block_max, block_min, bad);
   }
 
   for (int64_t b0 = P.begin; b0 < P.end && !bad; b0 += kBlock) {
     const int n = static_cast<int>(P.end - b0 < kBlock ? P.end - b0 : kBlock);
     const int nfull = n >> 3, nv = (n + 7) >> 3;
     const float* xs = xb;  // the block as float32, -inf past its end up to a multiple of 4 vectors
-    float bmax;
+    float bmax, bmin;
     if (block_max && n == kBlock) {
       bmax = block_max[(b0 - P.begin) / kBlock];
+      bmin = block_min[(b0 - P.begin) / kBlock];
       if (Kind == kF32) {
         xs = static_cast<const float*>(P.row) + b0;
       } else {
@@ -541,11 +592,11 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       }
     } else {
       // Sub-pass 1 (the only read of memory when not sampling): convert to float32 into L1,
-      // max, NaN/+inf. Two max chains: with one, the loop waited on the max latency (one
+      // max, min, NaN/+inf. Two max chains: with one, the loop waited on the max latency (one
       // thread, B = 8, V = 152064 float32: the greedy pass 347 -> 328 us).
-      __m256 vmax = vninf, vbad = _mm256_setzero_ps();
+      __m256 vmax = vninf, vmin = vinf, vbad = _mm256_setzero_ps();
       {
-        __m256 vmax1 = vninf, vbad1 = _mm256_setzero_ps();
+        __m256 vmax1 = vninf, vmin1 = vinf, vbad1 = _mm256_setzero_ps();
         int v = 0;
         for (; v + 1 < nfull; v += 2) {
           __m256 x0, x1;
@@ -554,6 +605,8 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
           _mm256_store_ps(xb + 8 * v + 8, x1);
           vmax = _mm256_max_ps(vmax, x0);
           vmax1 = _mm256_max_ps(vmax1, x1);
+          vmin = _mm256_min_ps(vmin, x0);
+          vmin1 = _mm256_min_ps(vmin1, x1);
           vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x0, vinf, _CMP_NLT_UQ));
           vbad1 = _mm256_or_ps(vbad1, _mm256_cmp_ps(x1, vinf, _CMP_NLT_UQ));
         }
@@ -561,15 +614,18 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
           const __m256 x = load8<Kind>(P.row, b0 + 8 * v);
           _mm256_store_ps(xb + 8 * v, x);
           vmax = _mm256_max_ps(vmax, x);
+          vmin = _mm256_min_ps(vmin, x);
           vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
         }
         vmax = _mm256_max_ps(vmax, vmax1);
+        vmin = _mm256_min_ps(vmin, vmin1);
         vbad = _mm256_or_ps(vbad, vbad1);
       }
       if (nfull < nv) {  // the tail vector: -inf past the end
         for (int i = 8 * nfull; i < 8 * nv; ++i) xb[i] = i < n ? load1<Kind>(P.row, b0 + i) : -kInf;
         const __m256 x = _mm256_load_ps(xb + 8 * nfull);
         vmax = _mm256_max_ps(vmax, x);
+        vmin = _mm256_min_ps(vmin, x);
         vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
       }
       for (int v = nv; v < ((nv + 3) & ~3); ++v) _mm256_store_ps(xb + 8 * v, vninf);  // for the candidate scan
@@ -578,6 +634,7 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
         break;
       }
       bmax = hmax8(vmax);
+      bmin = hmin8(vmin);
     }
     if (bmax == -kInf) continue;  // an all -inf block adds nothing
 
@@ -595,7 +652,13 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       m = bmax;
     }
     if (SUMS) {
-      block_sums<SUMS>(xs, nv, m, acc);
+      // No clamp when every x - m >= -86: the block's min from the seed pass (full blocks,
+      // sampling) or sub-pass 1, rounded the same way (fl(x - m) >= fl(bmin - m)).
+      if (bmin - m >= -86.0f) {
+        block_sums<SUMS, false>(xs, nv, m, acc);
+      } else {
+        block_sums<SUMS, true>(xs, nv, m, acc);
+      }
       if (++pending_blocks == 16) flush_sums();
     }
 
