@@ -22,17 +22,17 @@
 //
 // The log polynomial is the AVX-512 one (eager_cpu.h), so both tiers give the same scores
 // and draws. The exp of the sums is this tier's own (exp_nonpos, 6 FMA-class operations
-// against 10; for the log-sum-exp alone exp_nonpos_acc, its last multiply fused into the
-// sum, and no clamp where the block's min allows): sums agree with the AVX-512 tier's to
-// float32 rounding, not bit for bit.
+// against 10; for the log-sum-exp alone lse_term_acc, which needs no x - m and adds each
+// term by an FMA, and no clamp where the block's min allows): sums agree with the AVX-512
+// tier's to float32 rounding, not bit for bit.
 //
 // Measured on an AMD EPYC (Zen 4) with the tier forced, one thread, B = 8, V = 152064,
 // float32 3 randn logits (benchmarks/cpu_chunk_driver.cpp, min of 20): sampling pass 1194
 // -> 704 us, greedy pass 437 -> 334 us, against the version with a scalar enqueue loop,
 // logits copied into the queue, a table bound, no seed, and exp sums spilled to memory; then
 // (minimum over 12 alternated rounds) greedy 347 -> 328 us with two max chains in (1),
-// sampling 700 -> 659 us with (1) folded into the seed pass, 647 -> 607 us with the fused
-// exp sum and the clamp left out (docs/cpu_tiers.md has the steps).
+// sampling 700 -> 659 us with (1) folded into the seed pass, 643 -> 588 us with the
+// log-sum-exp by lse_term_acc and the clamp left out (docs/cpu_tiers.md has the steps).
 #include "eager_cpu.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64))
@@ -43,6 +43,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -147,24 +148,29 @@ EK_INLINE __m256 exp_nonpos(__m256 d) {
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), scale));
 }
 
-// acc + exp(d) for d in [-86.5, 0]: exp_nonpos with its multiply by the table fused into the
-// sum: the scale 2^(n div 8) goes into the table value 2^((n mod 8)/8) by the integer add
-// (a normal float: n div 8 >= -11), then acc + p 2^(j/8) 2^k is one FMA. One operation less
-// than exp_nonpos then an add, one rounding less. With the clamp left out where the block's
-// min allows (block_sums), 12 operations an 8-lane vector against 14: one thread, B = 8,
-// V = 152064 float32, the sampling pass 647 -> 607 us flat, 457 -> 416 peaked, greedy 332 ->
-// 301; bfloat16 sampling 658 -> 641 flat, 470 -> 447 peaked (benchmarks/cpu_chunk_driver.cpp,
-// min over 8 alternated rounds).
-EK_INLINE __m256 exp_nonpos_acc(__m256 d, __m256 acc) {
-  const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 1.5 2^23
-  const __m256 t = _mm256_fmadd_ps(d, _mm256_set1_ps(8.0f * kLog2E), shifter);
-  const __m256 n = _mm256_sub_ps(t, shifter);
-  const __m256 r = _mm256_fmsub_ps(d, _mm256_set1_ps(8.0f * kLog2E), n);
+// The log-sum-exp terms without the subtraction x - m. With c = 8 log2 e (float) and J an
+// integer >= m c (ceil, see chunk_kernel), the term of x is 2^((x c - J) / 8) = exp(x - m)
+// 2^((m c - J) / 8) (the factor, in [2^(-1/8), 1], is taken out in double when the vector
+// sums are flushed). t = fma(x, c, 1.5 2^23 - J) rounds x c - J to an integer n in its low
+// mantissa bits, n + J = t - (1.5 2^23 - J) exactly (|J| < 2^21), r = fma(x, c, -(n + J)) is
+// x c - n - J with one rounding; then 2^(r/8) by the cubic, 2^((n mod 8)/8) from the table,
+// 2^(n div 8) added to the table value's exponent bits (n >= -990: a normal float) and the
+// term added to acc by one FMA (p times that value). 11 operations an 8-lane vector against
+// 14 for exp_nonpos of x - m, clamped, then an add (on Zen 4 the loop is bound by the four
+// FP pipes, which also run the integer and shuffle operations, not only by the two FMA ones).
+// kf = 1.5 2^23 - J; x must be >= (J - 990) / c (the caller clamps where a block's min is lower).
+// With the clamp left out where it can be: one thread, B = 8, V = 152064, float32, sampling
+// pass 643 -> 588 us flat, 458 -> 399 peaked, greedy 329 -> 278; bfloat16 658 -> 606, 469 ->
+// 417, 336 -> 288 (benchmarks/cpu_chunk_driver.cpp, minimum over 8 alternated rounds).
+EK_INLINE __m256 lse_term_acc(__m256 x, __m256 kf, __m256 acc) {
+  const __m256 c = _mm256_set1_ps(8.0f * kLog2E);
+  const __m256 t = _mm256_fmadd_ps(x, c, kf);
+  const __m256 r = _mm256_fmsub_ps(x, c, _mm256_sub_ps(t, kf));
   __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kExp2Cubic[0]), r, _mm256_set1_ps(kExp2Cubic[1]));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[2]));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[3]));
-  const __m256 eighths = _mm256_loadu_ps(kExp2Eighths);
   const __m256i scale = _mm256_slli_epi32(_mm256_and_si256(_mm256_castps_si256(t), _mm256_set1_epi32(~7)), 20);
+  const __m256 eighths = _mm256_loadu_ps(kExp2Eighths);
   const __m256 e = _mm256_castsi256_ps(
       _mm256_add_epi32(_mm256_castps_si256(_mm256_permutevar8x32_ps(eighths, _mm256_castps_si256(t))), scale));
   return _mm256_fmadd_ps(p, e, acc);
@@ -457,15 +463,12 @@ __attribute__((noinline)) void block_sums(const float* xb, int nv, float m, __m2
       d0 = _mm256_max_ps(d0, lo);
       d1 = _mm256_max_ps(d1, lo);
     }
+    const __m256 e0 = exp_nonpos(d0), e1 = exp_nonpos(d1);
+    s0 = _mm256_add_ps(s0, e0);
+    s1 = _mm256_add_ps(s1, e1);
     if (SUMS == 2) {
-      const __m256 e0 = exp_nonpos(d0), e1 = exp_nonpos(d1);
-      s0 = _mm256_add_ps(s0, e0);
-      s1 = _mm256_add_ps(s1, e1);
       t0 = _mm256_fmadd_ps(e0, d0, t0);
       t1 = _mm256_fmadd_ps(e1, d1, t1);
-    } else {
-      s0 = exp_nonpos_acc(d0, s0);
-      s1 = exp_nonpos_acc(d1, s1);
     }
   }
   if (v < nv) {
@@ -478,6 +481,28 @@ __attribute__((noinline)) void block_sums(const float* xb, int nv, float m, __m2
   acc[1] = s1;
   acc[2] = t0;
   acc[3] = t1;
+}
+
+// The log-sum-exp sums of one block by lse_term_acc (kf = 1.5 2^23 - J): acc[0..1] +=
+// 2^((x c - J) / 8), two chains. CLAMP: x raised to xlo = (J - 990) / c first.
+template <bool CLAMP>
+__attribute__((noinline)) void block_lse(const float* xb, int nv, float kf, float xlo, __m256* acc) {
+  const __m256 vk = _mm256_set1_ps(kf);
+  const __m256 vlo = _mm256_set1_ps(xlo);
+  __m256 s0 = acc[0], s1 = acc[1];
+  int v = 0;
+  for (; v + 1 < nv; v += 2) {
+    __m256 x0 = _mm256_loadu_ps(xb + 8 * v), x1 = _mm256_loadu_ps(xb + 8 * v + 8);
+    if (CLAMP) {
+      x0 = _mm256_max_ps(x0, vlo);
+      x1 = _mm256_max_ps(x1, vlo);
+    }
+    s0 = lse_term_acc(x0, vk, s0);
+    s1 = lse_term_acc(x1, vk, s1);
+  }
+  if (v < nv) s0 = lse_term_acc(_mm256_max_ps(_mm256_loadu_ps(xb + 8 * v), vlo), vk, s0);
+  acc[0] = s0;
+  acc[1] = s1;
 }
 
 // ---- the chunk kernel ---------------------------------------------------------------------
@@ -523,8 +548,15 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   double sum_s = 0.0, sum_t = 0.0;
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   int pending_blocks = 0;
+  // Log-sum-exp alone (SUMS == 1) by block_lse while |J| < 2^21 (|m| below about 1.8e5):
+  // J = ceil(m c), kf = 1.5 2^23 - J, xlo = (J - 990) / c, and jscale = 2^((J - m c) / 8)
+  // turns its vector sums into sums of exp(x - m) at the flush. Otherwise (and for SUMS ==
+  // 2) block_sums on x - m, jscale = 1.
+  bool use_lse = false;
+  float kf = 0.0f, xlo = 0.0f;
+  double jscale = 1.0;
   auto flush_sums = [&]() {
-    sum_s += hsum8(_mm256_add_ps(acc[0], acc[1]));
+    sum_s += hsum8(_mm256_add_ps(acc[0], acc[1])) * jscale;
     sum_t += hsum8(_mm256_add_ps(acc[2], acc[3]));
     for (auto& a : acc) a = _mm256_setzero_ps();
     pending_blocks = 0;
@@ -650,11 +682,30 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
         sum_s = sc * sum_s;
       }
       m = bmax;
+      if (SUMS == 1) {
+        const double c = static_cast<double>(8.0f * kLog2E);
+        const double J = std::ceil(static_cast<double>(m) * c);
+        use_lse = std::fabs(J) < 2097152.0;  // 2^21
+        if (use_lse) {
+          kf = static_cast<float>(12582912.0 - J);
+          xlo = static_cast<float>((J - 990.0) / c);
+          jscale = std::exp2((J - static_cast<double>(m) * c) * 0.125);
+        } else {
+          jscale = 1.0;
+        }
+      }
     }
     if (SUMS) {
-      // No clamp when every x - m >= -86: the block's min from the seed pass (full blocks,
-      // sampling) or sub-pass 1, rounded the same way (fl(x - m) >= fl(bmin - m)).
-      if (bmin - m >= -86.0f) {
+      // No clamp when every x is in range (x > xlo, or x - m >= -86 for block_sums, rounded
+      // the same way: fl(x - m) >= fl(bmin - m)): the block's min from the seed pass (full
+      // blocks, sampling) or sub-pass 1.
+      if (SUMS == 1 && use_lse) {
+        if (bmin > xlo) {
+          block_lse<false>(xs, nv, kf, xlo, acc);
+        } else {
+          block_lse<true>(xs, nv, kf, xlo, acc);
+        }
+      } else if (bmin - m >= -86.0f) {
         block_sums<SUMS, false>(xs, nv, m, acc);
       } else {
         block_sums<SUMS, true>(xs, nv, m, acc);

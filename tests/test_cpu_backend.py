@@ -22,7 +22,7 @@ from eager_kernels import _C, cpu_backend  # noqa: E402
 ISAS = (["avx512"] if _C.avx512_supported() else []) + (["avx2"] if _C.avx2_supported() else []) + ["scalar"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 VOCABS = [1, 7, 1000, 32000, 49152]
-CASES = ["randn", "masked", "ties", "huge", "strided"]
+CASES = ["randn", "masked", "ties", "huge", "shifted", "strided"]
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +63,13 @@ def make_logits(case: str, rows: int, vocab: int, dtype, gen: torch.Generator) -
         x = torch.round(x)  # many exactly equal values
     elif case == "huge":
         x = x * 3000.0  # |x| ~ 1e4
+    elif case == "shifted":
+        # Rows far from 0: the AVX2 log-sum-exp takes J = ceil(8 log2(e) max) as an integer
+        # below 2^21 (|max| up to about 1.8e5; 1.8e5 here) and falls back to x - max beyond
+        # (5e5: past 2^22, where its shifter trick would be wrong); float16 tops out at 65504.
+        shift = [6e4, -6e4, 5e4] if dtype == torch.float16 else [5e5, -5e5, 1.8e5]
+        shift = torch.tensor(shift + [shift[0]] * (rows - 3))[:rows]
+        x = x + shift[:, None]
     if case == "strided":
         wide = torch.randn(rows, vocab + 37, generator=gen).to(dtype) * 3
         return wide[:, 5 : 5 + vocab]  # row stride vocab + 37, last dim contiguous
