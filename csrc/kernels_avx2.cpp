@@ -134,18 +134,28 @@ constexpr float kExp2Eighths[8] = {1.0f, 1.0905077327f, 1.1892071150f, 1.2968395
 // (mean 1.1) for d in [-10, 0] (r carries the rounding of 8 log2 e, a relative error of
 // about 1.3e-8 |d|); the float32 partial sums of about 600 terms a lane round far more. The
 // sums differ from the AVX-512 tier's in the last bits; the draws do not (no exp there).
+// The two pieces exp_nonpos and lse_term_acc share, from t (n in its low mantissa bits, as
+// left by the 1.5 2^23 shifter) and r: 2^(r/8) by the cubic; 2^((n mod 8)/8) from the table
+// by one permute; and 2^(n div 8) as exponent bits to add to a float's bits.
+EK_INLINE __m256 exp2_cubic(__m256 r) {
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kExp2Cubic[0]), r, _mm256_set1_ps(kExp2Cubic[1]));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[2]));
+  return _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[3]));
+}
+EK_INLINE __m256 exp2_eighth(__m256 t) {
+  return _mm256_permutevar8x32_ps(_mm256_loadu_ps(kExp2Eighths), _mm256_castps_si256(t));
+}
+EK_INLINE __m256i exp2_scale_bits(__m256 t) {
+  return _mm256_slli_epi32(_mm256_and_si256(_mm256_castps_si256(t), _mm256_set1_epi32(~7)), 20);
+}
+
 EK_INLINE __m256 exp_nonpos(__m256 d) {
   const __m256 shifter = _mm256_set1_ps(12582912.0f);  // 1.5 2^23
   const __m256 t = _mm256_fmadd_ps(d, _mm256_set1_ps(8.0f * kLog2E), shifter);
   const __m256 n = _mm256_sub_ps(t, shifter);
   const __m256 r = _mm256_fmsub_ps(d, _mm256_set1_ps(8.0f * kLog2E), n);
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kExp2Cubic[0]), r, _mm256_set1_ps(kExp2Cubic[1]));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[2]));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[3]));
-  const __m256 eighths = _mm256_loadu_ps(kExp2Eighths);
-  const __m256 y = _mm256_mul_ps(p, _mm256_permutevar8x32_ps(eighths, _mm256_castps_si256(t)));
-  const __m256i scale = _mm256_slli_epi32(_mm256_and_si256(_mm256_castps_si256(t), _mm256_set1_epi32(~7)), 20);
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), scale));
+  const __m256 y = _mm256_mul_ps(exp2_cubic(r), exp2_eighth(t));
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), exp2_scale_bits(t)));
 }
 
 // The log-sum-exp terms without the subtraction x - m. With c = 8 log2 e (float) and J an
@@ -166,14 +176,8 @@ EK_INLINE __m256 lse_term_acc(__m256 x, __m256 kf, __m256 acc) {
   const __m256 c = _mm256_set1_ps(8.0f * kLog2E);
   const __m256 t = _mm256_fmadd_ps(x, c, kf);
   const __m256 r = _mm256_fmsub_ps(x, c, _mm256_sub_ps(t, kf));
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kExp2Cubic[0]), r, _mm256_set1_ps(kExp2Cubic[1]));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[2]));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Cubic[3]));
-  const __m256i scale = _mm256_slli_epi32(_mm256_and_si256(_mm256_castps_si256(t), _mm256_set1_epi32(~7)), 20);
-  const __m256 eighths = _mm256_loadu_ps(kExp2Eighths);
-  const __m256 e = _mm256_castsi256_ps(
-      _mm256_add_epi32(_mm256_castps_si256(_mm256_permutevar8x32_ps(eighths, _mm256_castps_si256(t))), scale));
-  return _mm256_fmadd_ps(p, e, acc);
+  const __m256 e = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(exp2_eighth(t)), exp2_scale_bits(t)));
+  return _mm256_fmadd_ps(exp2_cubic(r), e, acc);
 }
 
 // log(x) for positive normal x (kLogPoly, eager_cpu.h), the same operations as log_pos of
