@@ -8,17 +8,27 @@
 // its largest logit, keeping each block's max and testing for NaN / +inf (seed_best). Then
 // per block of kBlock columns: (1) load and convert to float32 into L1, max, NaN / +inf check
 // (when sampling, full blocks skip the max and the check: float32 is read from the row as it
-// is, the 16-bit kinds are only converted); (2) the exp sums against the running max (out of
+// is, float16 is only converted); (2) the exp sums against the running max (out of
 // line, see block_sums); (3) the top-kp filter, visiting only the lanes above the kp-th best
 // (a movemask per 8 lanes);
 // (4) the Gumbel candidates: quads (4 columns = one Philox call) with a column whose
-// x + T G can beat the best, found 8 quads at a time (compare lanes packed to one 32-bit
+// x + T G can beat the best (one compare against a bound below best - T G, scan_floor),
+// found 8 quads at a time (compare lanes packed to one 32-bit
 // lane per quad) and left-packed into a queue of quad numbers by a table permute (no
 // per-quad branch or copy). The queue is scored 16 quads at a time, all in registers: Philox
 // on 2 x 8 counters (the first two rounds' shared products computed once), the quads'
 // logits read again from the row (in L1 or L2 by then), the per-column bound test (a line
 // in the lzcnt bucket of the folded word, found from the float exponent), and the two logs
 // of the score only for the 8 columns of a lane vector where one passes.
+//
+// Full bfloat16 blocks are read in place, never converted into L1: max, min and the NaN /
+// +inf test from the bits as int16 (bf16_stats), the log-sum-exp sums converting 16
+// columns by two unpacks with zero (block_lse_bf16), the top-kp filter and the Gumbel scan
+// comparing the bits as int16 against the bfloat16 just below their float bound (top_bf16,
+// scan_bf16), and the Gumbel scores transposing the quads' 16-bit values before the
+// unpacks. One thread, B = 8, V = 152064 (cpu_chunk_driver.cpp, minimum over 8 alternated
+// rounds): sampling pass 607 -> 554 us flat, 421 -> 363 peaked, greedy 291 -> 235, where
+// float32 takes 586, 394 and 272 (2026-11-29 sixth session; docs/cpu_tiers.md).
 //
 // The log polynomial is the AVX-512 one (eager_cpu.h), so both tiers give the same scores
 // and draws. The exp of the sums is this tier's own (exp_nonpos, 6 FMA-class operations
@@ -111,6 +121,53 @@ EK_INLINE float hsum8(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
   return _mm_cvtss_f32(s);
+}
+
+// Reductions of 16-bit lanes by phminposuw (the unsigned min of 8 words): the signed max
+// as the unsigned min of s ^ 0x7FFF, the signed min as that of s ^ 0x8000, the unsigned
+// max as that of ~s.
+EK_INLINE int hmax_epi16(__m256i v) {
+  const __m128i m = _mm_max_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  const __m128i f = _mm_set1_epi16(0x7FFF);
+  return static_cast<int16_t>(_mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(m, f))) ^ 0x7FFF);
+}
+EK_INLINE int hmin_epi16(__m256i v) {
+  const __m128i m = _mm_min_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  const __m128i f = _mm_set1_epi16(static_cast<int16_t>(0x8000));
+  return static_cast<int16_t>(_mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(m, f))) ^ 0x8000);
+}
+EK_INLINE int hmax_epu16(__m256i v) {
+  const __m128i m = _mm_max_epu16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  return (~_mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(m, _mm_set1_epi32(-1))))) & 0xFFFF;
+}
+
+EK_INLINE float bf16_bits_to_float(int h) {
+  const uint32_t bits = static_cast<uint32_t>(h & 0xFFFF) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// The Gumbel candidate test of the scan as one compare, x > tau: a column can beat `best`
+// only if fl(x + noise_bound) >= best (its score is at most that, by the monotonicity of
+// rounding), which needs x >= best - noise_bound - ulp(best) / 2 >= d - |best| 2^-24 with d
+// = best - noise_bound (exact in double). tau = fl(d - margin) is at most d - margin +
+// (|best| + noise_bound) 2^-24, below that for margin = (|best| + noise_bound) 2^-22 (plus
+// 2^-126 for a best near 0), so the test keeps every column the add-and-compare kept, for
+// one operation an 8-lane vector instead of two.
+EK_INLINE float scan_floor(float best, float noise_bound) {
+  if (!(best > -kInf)) return -kInf;
+  const double b = best, nb = noise_bound;
+  return static_cast<float>(b - nb - ((b < 0 ? -b : b) + nb) * 0x1p-22 - 0x1p-126);
+}
+
+// The largest bfloat16 <= tau, as its bits: the top half of tau's bits, one step further
+// from zero where a negative tau had bits below (truncation rounds toward zero). For a
+// bfloat16 x, x > tau <=> x > that value.
+EK_INLINE int bf16_floor_bits(float tau) {
+  uint32_t b;
+  std::memcpy(&b, &tau, sizeof b);
+  return static_cast<int>((b >> 16) + ((b >> 31) && (b & 0xFFFFu) ? 1u : 0u));
 }
 
 // ---- math -------------------------------------------------------------------------------
@@ -336,14 +393,37 @@ EK_INLINE void gumbel_quads(const int32_t* quad, int live, const ChunkParams& P,
       at[j] = qj == tail_quad ? tail : row + static_cast<int64_t>(qj) * 4 * kElem;
       if (8 * half + j >= live) at[j] = dead;  // an unused entry: -inf logits
     }
-    // Quads j (low 128 bits) and j + 4 (high): a 4x4 transpose in each half gives the lane
-    // vectors (x of quad j, lane l at position j), in the counters' order.
-    const __m256 r0 = load_quad_pair<Kind>(at[0], at[4]), r1 = load_quad_pair<Kind>(at[1], at[5]);
-    const __m256 r2 = load_quad_pair<Kind>(at[2], at[6]), r3 = load_quad_pair<Kind>(at[3], at[7]);
-    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-    const __m256 lanes[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
-                             _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+    // The lane vectors: x of quad j, lane l at position j, in the counters' order.
+    __m256 lanes[4];
+    if (Kind == kBF16) {
+      // The transpose on the 16-bit values, then the unpacks with zero make the float32:
+      // a = [q0 q1 | q4 q5], b = [q2 q3 | q6 q7]; two rounds of 16-bit unpacks give [lane 0
+      // of q0..q3, lane 1 of q0..q3 | the same of q4..q7] and lanes 2, 3 alike (14 operations
+      // for 8 quads against 20 by load_quad_pair and the float transpose).
+      const auto pair = [](const void* p0, const void* p1) {
+        return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(_mm_loadl_epi64(static_cast<const __m128i*>(p0))),
+                                             static_cast<const double*>(p1)));
+      };
+      const __m256i a = _mm256_set_m128i(pair(at[4], at[5]), pair(at[0], at[1]));
+      const __m256i b = _mm256_set_m128i(pair(at[6], at[7]), pair(at[2], at[3]));
+      const __m256i u = _mm256_unpacklo_epi16(a, b), w = _mm256_unpackhi_epi16(a, b);
+      const __m256i x01 = _mm256_unpacklo_epi16(u, w), x23 = _mm256_unpackhi_epi16(u, w);
+      const __m256i zero = _mm256_setzero_si256();
+      lanes[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, x01));
+      lanes[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, x01));
+      lanes[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, x23));
+      lanes[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, x23));
+    } else {
+      // Quads j (low 128 bits) and j + 4 (high): a 4x4 transpose in each half.
+      const __m256 r0 = load_quad_pair<Kind>(at[0], at[4]), r1 = load_quad_pair<Kind>(at[1], at[5]);
+      const __m256 r2 = load_quad_pair<Kind>(at[2], at[6]), r3 = load_quad_pair<Kind>(at[3], at[7]);
+      const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+      const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+      lanes[0] = _mm256_shuffle_ps(t0, t2, 0x44);
+      lanes[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+      lanes[2] = _mm256_shuffle_ps(t1, t3, 0x44);
+      lanes[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+    }
     for (int l = 0; l < 4; ++l) {
       const __m256 x = lanes[l];
       const __m256i folded = fold(words[l]);
@@ -369,6 +449,35 @@ EK_INLINE void gumbel_quads(const int32_t* quad, int live, const ChunkParams& P,
   }
 }
 
+// Max, min and the NaN / +inf test of n0 (a multiple of 32) bfloat16 values from their
+// bits as int16, with no conversion: the signed max is the float max when some value is >=
+// +0 (else the signed min is), the unsigned max is the float min when some value is
+// negative (else the signed min is), and +inf / NaN show as a signed max >= 0x7F80 or an
+// unsigned max above 0xFF80 (-inf). 3 operations per 16 columns against 9 for max, min and
+// the compare on converted floats.
+EK_INLINE void bf16_stats(const uint16_t* hb, int64_t n0, float& bmax, float& bmin, bool& bad) {
+  __m256i smax[2], smin[2], umax[2];
+  for (int k = 0; k < 2; ++k) {
+    smax[k] = _mm256_set1_epi16(static_cast<int16_t>(0x8000));
+    smin[k] = _mm256_set1_epi16(0x7FFF);
+    umax[k] = _mm256_setzero_si256();
+  }
+  for (int64_t i = 0; i < n0; i += 32) {
+    for (int k = 0; k < 2; ++k) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hb + i + 16 * k));
+      smax[k] = _mm256_max_epi16(smax[k], h);
+      smin[k] = _mm256_min_epi16(smin[k], h);
+      umax[k] = _mm256_max_epu16(umax[k], h);
+    }
+  }
+  const int s_max = hmax_epi16(_mm256_max_epi16(smax[0], smax[1]));
+  const int s_min = hmin_epi16(_mm256_min_epi16(smin[0], smin[1]));
+  const int u_max = hmax_epu16(_mm256_max_epu16(umax[0], umax[1]));
+  bad |= s_max >= 0x7F80 || u_max > 0xFF80;
+  bmax = bf16_bits_to_float(s_max >= 0 ? s_max : s_min);
+  bmin = bf16_bits_to_float(u_max >= 0x8000 ? u_max : s_min);
+}
+
 // Seeds the Gumbel arg-max with the score of the chunk's largest logit (its first column),
 // from a max-only pass over the chunk (which also brings the chunk into L2 for the main
 // pass). Exact: the seed is a score some column has, computed as the main pass computes it,
@@ -389,29 +498,15 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
   int64_t xblock = P.begin;
   for (int64_t b0 = P.begin; b0 < P.end; b0 += kBlock) {
     const int64_t n = P.end - b0 < kBlock ? P.end - b0 : kBlock;
-    __m256 m4[4] = {_mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf)};
-    __m256 n4[4] = {vinf, vinf, vinf, vinf};
-    __m256 vbad = _mm256_setzero_ps();
     int64_t i = 0;
+    float bmax = -kInf, bmin = -kInf;
     if (Kind == kBF16) {
-      // 16 bfloat16 a load, as two float32 vectors in any order (only the max and the test
-      // count): the even elements shifted up, the odd ones masked in place.
-      const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-      for (; i + 32 <= n; i += 32) {
-        for (int k = 0; k < 2; ++k) {
-          const __m256i h = _mm256_loadu_si256(
-              reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(P.row) + b0 + i + 16 * k));
-          const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-          const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(h, hi_mask));
-          m4[2 * k] = _mm256_max_ps(m4[2 * k], even);
-          m4[2 * k + 1] = _mm256_max_ps(m4[2 * k + 1], odd);
-          n4[2 * k] = _mm256_min_ps(n4[2 * k], even);
-          n4[2 * k + 1] = _mm256_min_ps(n4[2 * k + 1], odd);
-          vbad = _mm256_or_ps(vbad, _mm256_or_ps(_mm256_cmp_ps(even, vinf, _CMP_NLT_UQ),
-                                                 _mm256_cmp_ps(odd, vinf, _CMP_NLT_UQ)));
-        }
-      }
+      i = n & ~int64_t{31};
+      if (i > 0) bf16_stats(static_cast<const uint16_t*>(P.row) + b0, i, bmax, bmin, bad);
     } else {
+      __m256 m4[4] = {_mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf)};
+      __m256 n4[4] = {vinf, vinf, vinf, vinf};
+      __m256 vbad = _mm256_setzero_ps();
       for (; i + 32 <= n; i += 32) {
         for (int k = 0; k < 4; ++k) {
           const __m256 x = load8<Kind>(P.row, b0 + i + 8 * k);
@@ -420,9 +515,10 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
           vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(x, vinf, _CMP_NLT_UQ));
         }
       }
+      bad |= _mm256_movemask_ps(vbad) != 0;
+      bmax = hmax8(_mm256_max_ps(_mm256_max_ps(m4[0], m4[1]), _mm256_max_ps(m4[2], m4[3])));
+      bmin = hmin8(_mm256_min_ps(_mm256_min_ps(n4[0], n4[1]), _mm256_min_ps(n4[2], n4[3])));
     }
-    bad |= _mm256_movemask_ps(vbad) != 0;
-    float bmax = hmax8(_mm256_max_ps(_mm256_max_ps(m4[0], m4[1]), _mm256_max_ps(m4[2], m4[3])));
     for (; i < n; ++i) {
       const float x = load1<Kind>(P.row, b0 + i);
       bmax = std::max(bmax, x);
@@ -430,8 +526,7 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
     }
     block_max[(b0 - P.begin) / kBlock] = bmax;
     // The min of a full block (a partial one goes through sub-pass 1, which takes its own).
-    block_min[(b0 - P.begin) / kBlock] =
-        i == kBlock ? hmin8(_mm256_min_ps(_mm256_min_ps(n4[0], n4[1]), _mm256_min_ps(n4[2], n4[3]))) : -kInf;
+    block_min[(b0 - P.begin) / kBlock] = n == kBlock ? bmin : -kInf;
     if (bmax > xmax) {
       xmax = bmax;
       xblock = b0;
@@ -540,6 +635,85 @@ struct CompactTable {
 };
 constexpr CompactTable kCompact;
 
+// block_lse on a full block of bfloat16 read in place: the unpacks with zero make float32
+// of 16 columns in two operations (lanes in a shuffled order, which a sum does not mind).
+template <bool CLAMP>
+__attribute__((noinline)) void block_lse_bf16(const uint16_t* hb, float kf, float xlo, __m256* acc) {
+  const __m256 vk = _mm256_set1_ps(kf);
+  const __m256 vlo = _mm256_set1_ps(xlo);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256 s0 = acc[0], s1 = acc[1];
+  for (int i = 0; i < kBlock; i += 16) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hb + i));
+    __m256 x0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, h));
+    __m256 x1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, h));
+    if (CLAMP) {
+      x0 = _mm256_max_ps(x0, vlo);
+      x1 = _mm256_max_ps(x1, vlo);
+    }
+    s0 = lse_term_acc(x0, vk, s0);
+    s1 = lse_term_acc(x1, vk, s1);
+  }
+  acc[0] = s0;
+  acc[1] = s1;
+}
+
+// The candidate scan of a full bfloat16 block read in place: x > t (t = bf16_floor_bits of
+// the scan's tau) on the bits as int16. t >= +0: x <= t <=> (t + 1) >s x. t negative
+// (NEG): x <= t <=> x >=u t. The "no" masks of 32 columns packed to bytes, a quad's 4 bytes
+// one 32-bit lane (all set <=> no candidate), reordered to column order. Appends the quads
+// with a candidate to queue (in column order); returns the new count.
+template <bool NEG>
+EK_INLINE int scan_bf16(const uint16_t* hb, int t16, int32_t quad0, int32_t* queue, int queued) {
+  const __m256i vt = _mm256_set1_epi16(static_cast<int16_t>(NEG ? t16 : t16 + 1));
+  const __m256i ones = _mm256_set1_epi32(-1);
+  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  const __m256i iota8 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int g = 0; g < kBlock; g += 32) {
+    const __m256i h0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hb + g));
+    const __m256i h1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hb + g + 16));
+    __m256i no0, no1;
+    if (NEG) {
+      no0 = _mm256_cmpeq_epi16(_mm256_max_epu16(h0, vt), h0);
+      no1 = _mm256_cmpeq_epi16(_mm256_max_epu16(h1, vt), h1);
+    } else {
+      no0 = _mm256_cmpgt_epi16(vt, h0);
+      no1 = _mm256_cmpgt_epi16(vt, h1);
+    }
+    const __m256i quads = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(no0, no1), order);
+    const uint32_t m = ~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(quads, ones))) & 0xFFu;
+    const __m256i ids = _mm256_add_epi32(_mm256_set1_epi32(quad0 + g / 4), iota8);
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompact.idx[m]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(queue + queued), _mm256_permutevar8x32_epi32(ids, perm));
+    queued += __builtin_popcount(m);
+  }
+  return queued;
+}
+
+
+// The running top-kp filter on a full bfloat16 block read in place: per 16 columns the
+// lanes with x > thr (x > bf16_floor_bits(thr) on the bits as int16, as in scan_bf16; the
+// bound taken again when thr has moved), in column order, two mask bits a column.
+EK_INLINE int top_bf16(const uint16_t* hb, int64_t b0, int kp, ChunkResult& R, int n_top, float& thr) {
+  for (int g = 0; g < kBlock; g += 16) {
+    const int t16 = bf16_floor_bits(thr);
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hb + g));
+    const __m256i no = t16 & 0x8000 ? _mm256_cmpeq_epi16(_mm256_max_epu16(h, _mm256_set1_epi16(static_cast<int16_t>(t16))), h)
+                                    : _mm256_cmpgt_epi16(_mm256_set1_epi16(static_cast<int16_t>(t16 + 1)), h);
+    uint32_t mask = ~static_cast<uint32_t>(_mm256_movemask_epi8(no)) & 0x55555555u;
+    while (mask) {
+      const int lane = __builtin_ctz(mask) >> 1;
+      mask &= mask - 1;
+      const float x = bf16_bits_to_float(hb[g + lane]);
+      if (x > thr) {
+        n_top = top_insert(R.top_val, R.top_id, n_top, kp, x, b0 + g + lane);
+        if (n_top == kp) thr = R.top_val[kp - 1];
+      }
+    }
+  }
+  return n_top;
+}
+
 // SUMS: 0 = no sums, 1 = s only, 2 = s and t.
 template <int Kind, int SUMS>
 void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
@@ -588,8 +762,8 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
   __m256 vtemp = _mm256_setzero_ps();
   // Sampling: the seed pass also keeps each block's max and tests for NaN / +inf, so for
   // full blocks the main pass skips both: float32 reads the block straight from the row (in
-  // L2 after the seed pass) with no copy, the 16-bit kinds only convert it into L1 (sub-pass
-  // 1 in full runs for the partial last block only, and when not sampling).
+  // L2 after the seed pass) with no copy, float16 only converts it into L1 (sub-pass 1 runs
+  // for the partial last block only, and when not sampling; full bfloat16 blocks: raw below).
   float* block_max = nullptr;
   float* block_min = nullptr;
   if (P.sample) {
@@ -613,18 +787,32 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     const int nfull = n >> 3, nv = (n + 7) >> 3;
     const float* xs = xb;  // the block as float32, -inf past its end up to a multiple of 4 vectors
     float bmax, bmin;
-    if (block_max && n == kBlock) {
+    // A full bfloat16 block is read in place (raw): its max, min and NaN / +inf test from
+    // the bits (bf16_stats, here or in the seed pass), the log-sum-exp sums convert as they
+    // go (in any order), the top-kp filter and the Gumbel scan compare the bits as int16.
+    // Converted into L1 (column order) only for block_sums (full entropy, or |max| past
+    // the log-sum-exp's range).
+    const bool raw = Kind == kBF16 && n == kBlock;
+    bool converted = !raw;
+    const auto convert = [&]() {
+      for (int v = 0; v < kBlock / 8; v += 2) {
+        __m256 x0, x1;
+        load16<Kind>(P.row, b0 + 8 * v, x0, x1);
+        _mm256_store_ps(xb + 8 * v, x0);
+        _mm256_store_ps(xb + 8 * v + 8, x1);
+      }
+      converted = true;
+    };
+    if (raw && !block_max) {
+      bf16_stats(static_cast<const uint16_t*>(P.row) + b0, kBlock, bmax, bmin, bad);
+      if (bad) break;
+    } else if (block_max && n == kBlock) {
       bmax = block_max[(b0 - P.begin) / kBlock];
       bmin = block_min[(b0 - P.begin) / kBlock];
       if (Kind == kF32) {
         xs = static_cast<const float*>(P.row) + b0;
-      } else {
-        for (int v = 0; v < kBlock / 8; v += 2) {
-          __m256 x0, x1;
-          load16<Kind>(P.row, b0 + 8 * v, x0, x1);
-          _mm256_store_ps(xb + 8 * v, x0);
-          _mm256_store_ps(xb + 8 * v + 8, x1);
-        }
+      } else if (Kind == kF16) {
+        convert();
       }
     } else {
       // Sub-pass 1 (the only read of memory when not sampling): convert to float32 into L1,
@@ -704,21 +892,33 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       // the same way: fl(x - m) >= fl(bmin - m)): the block's min from the seed pass (full
       // blocks, sampling) or sub-pass 1.
       if (SUMS == 1 && use_lse) {
-        if (bmin > xlo) {
+        if (raw) {
+          const uint16_t* hb = static_cast<const uint16_t*>(P.row) + b0;
+          if (bmin > xlo) {
+            block_lse_bf16<false>(hb, kf, xlo, acc);
+          } else {
+            block_lse_bf16<true>(hb, kf, xlo, acc);
+          }
+        } else if (bmin > xlo) {
           block_lse<false>(xs, nv, kf, xlo, acc);
         } else {
           block_lse<true>(xs, nv, kf, xlo, acc);
         }
-      } else if (bmin - m >= -86.0f) {
-        block_sums<SUMS, false>(xs, nv, m, acc);
       } else {
-        block_sums<SUMS, true>(xs, nv, m, acc);
+        if (!converted) convert();
+        if (bmin - m >= -86.0f) {
+          block_sums<SUMS, false>(xs, nv, m, acc);
+        } else {
+          block_sums<SUMS, true>(xs, nv, m, acc);
+        }
       }
       if (++pending_blocks == 16) flush_sums();
     }
 
     // Running top-kp: only lanes above the current kp-th best need attention.
-    if (bmax > thr) {
+    if (bmax > thr && raw) {
+      n_top = top_bf16(static_cast<const uint16_t*>(P.row) + b0, b0, kp, R, n_top, thr);
+    } else if (bmax > thr) {
       for (int v = 0; v < nv; ++v) {
         uint32_t mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(xs + 8 * v), _mm256_set1_ps(thr), _CMP_GT_OQ));
         while (mask) {
@@ -738,27 +938,38 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     // the best needs nothing; otherwise only the quads holding a column with x + T G > best
     // (best as of the block's start) are queued, and scored 16 at a time.
     if (P.sample && bmax + P.noise_bound > best) {
-      const __m256 vbound = _mm256_set1_ps(P.noise_bound);
-      const __m256 vbest0 = _mm256_set1_ps(best);
+      const float tau = scan_floor(best, P.noise_bound);
       const int32_t quad0 = static_cast<int32_t>(b0 >> 2);
-      // Quads with a candidate, as bits in column order: the 0 / -1 compare lanes of 4
-      // vectors (8 quads) packed to bytes, a quad's 4 bytes one 32-bit lane (any set <=> not 0).
       const __m256i iota8 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-      const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-      for (int v = 0; v < nv; v += 4) {  // xs is -inf past the block: no candidate there
-        __m256i c[4];
-        for (int i = 0; i < 4; ++i) {
-          const __m256 x = _mm256_loadu_ps(xs + 8 * (v + i));
-          c[i] = _mm256_castps_si256(_mm256_cmp_ps(_mm256_add_ps(x, vbound), vbest0, _CMP_GT_OQ));
+      if (raw) {
+        const uint16_t* hb = static_cast<const uint16_t*>(P.row) + b0;
+        const int t16 = bf16_floor_bits(tau);
+        if (t16 & 0x8000) {
+          queued = scan_bf16<true>(hb, t16, quad0, queue_quad, queued);
+        } else {
+          queued = scan_bf16<false>(hb, t16, quad0, queue_quad, queued);
         }
-        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
-        const __m256i quads = _mm256_permutevar8x32_epi32(bytes, order);
-        const uint32_t empty = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(quads, _mm256_setzero_si256())));
-        const uint32_t m = ~empty & 0xFFu;
-        const __m256i ids = _mm256_add_epi32(_mm256_set1_epi32(quad0 + 2 * v), iota8);
-        const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompact.idx[m]));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(queue_quad + queued), _mm256_permutevar8x32_epi32(ids, perm));
-        queued += __builtin_popcount(m);
+      } else {
+        // Quads with a candidate (x > tau, see scan_floor), as bits in column order: the 0 /
+        // -1 compare lanes of 4 vectors (8 quads) packed to bytes, a quad's 4 bytes one
+        // 32-bit lane (any set <=> not 0).
+        const __m256 vtau = _mm256_set1_ps(tau);
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (int v = 0; v < nv; v += 4) {  // xs is -inf past the block: no candidate there
+          __m256i c[4];
+          for (int i = 0; i < 4; ++i) {
+            c[i] = _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(xs + 8 * (v + i)), vtau, _CMP_GT_OQ));
+          }
+          const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+          const __m256i quads = _mm256_permutevar8x32_epi32(bytes, order);
+          const uint32_t empty =
+              _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(quads, _mm256_setzero_si256())));
+          const uint32_t m = ~empty & 0xFFu;
+          const __m256i ids = _mm256_add_epi32(_mm256_set1_epi32(quad0 + 2 * v), iota8);
+          const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompact.idx[m]));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(queue_quad + queued), _mm256_permutevar8x32_epi32(ids, perm));
+          queued += __builtin_popcount(m);
+        }
       }
       if (queued >= 16) {
         int done = 0;
