@@ -1,12 +1,16 @@
 """Parts of the C++ eager_step's time that bench_cpu_isa.py does not separate.
 
-    python benchmarks/bench_cpu_step_parts.py [--isa avx2] [--dist randn3]
+    python benchmarks/bench_cpu_step_parts.py [--isa avx2] [--dist randn3] [--rounds 10]
 
 1. The 2-thread `_C.eager_step` alone (no Python wrapper) on bench_cpu_isa.py's B = 8,
    V = 152064 logits, sampling: minimum and 10th percentile of 400 calls.
 2. The Python wrapper: `ek.eager_step` against `_C.eager_step` at B = 1, V = 64 (the kernel
    is negligible), 1st percentile of 20000 calls each.
-3. The cost of each of the B = 8 rows on one thread (the row repeated 4 times, one chunk per
+3. bfloat16 against float32 per logit: `_C.eager_step` (2 threads) on the same values in
+   both dtypes (bfloat16 logits and their float32 copy), flat and peaked, sampling and
+   greedy, B = 8, V = 152064 and B = 1, V = 32000; the minimum over --rounds rounds that
+   alternate the dtypes, 40 calls each (a loaded machine slows single calls, not every one).
+4. The cost of each of the B = 8 rows on one thread (the row repeated 4 times, one chunk per
    row as at B = 8, divided by 4; minimum of 30): rows of one shape differ in Gumbel work,
    which is why run_pass hands out chunks one at a time.
 """
@@ -45,6 +49,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--isa", default="avx2", choices=["avx512", "avx2", "scalar"])
     p.add_argument("--dist", default="randn3", choices=list(bm.DISTRIBUTIONS))
+    p.add_argument("--rounds", type=int, default=10, help="rounds of the bfloat16 / float32 part")
     args = p.parse_args(argv)
     _C.set_isa(args.isa)
     rows, vocab = 8, 152064
@@ -65,6 +70,24 @@ def main(argv=None):
     p1 = len(direct) // 100
     print(f"B=1 V=64 greedy, 1st percentile: ek.eager_step {wrapped[p1]:.2f} us, _C.eager_step {direct[p1]:.2f} us, "
           f"wrapper {wrapped[p1] - direct[p1]:.2f} us")
+
+    print("bfloat16 against float32, _C.eager_step, 2 threads, minimum over rounds (ns per logit):")
+    for rows_, vocab_ in ((8, 152064), (1, 32000)):
+        for dist in ("randn3", "peaked"):
+            x16 = bm.bench_logits(rows_, vocab_, torch.bfloat16, "cpu", dist, seed=rows_ * 1_000_003 + vocab_)
+            xs = {"float32": x16.float(), "bfloat16": x16}
+            grp = torch.arange(rows_) % max(1, min(8, rows_))
+            for temperature, mode in ((0.6, "sampling"), (0.0, "greedy")):
+                best = {}
+                for _ in range(args.rounds):
+                    for name, xx in xs.items():
+                        h = ek.EntropyHistory(rows_, 10**6)
+                        t = _times(_direct(xx, h, grp, temperature), 40, warmup=3)[0]
+                        best[name] = min(best.get(name, t), t)
+                per = {name: 1e3 * us / (rows_ * vocab_) for name, us in best.items()}
+                print(f"  B={rows_} V={vocab_} {dist:6s} {mode:8s}: float32 {best['float32']:7.1f} us "
+                      f"{per['float32']:.3f} ns, bfloat16 {best['bfloat16']:7.1f} us {per['bfloat16']:.3f} ns, "
+                      f"bfloat16 / float32 {best['bfloat16'] / best['float32']:.3f}")
 
     torch.set_num_threads(1)
     costs = []

@@ -478,6 +478,53 @@ EK_INLINE void bf16_stats(const uint16_t* hb, int64_t n0, float& bmax, float& bm
   bmin = bf16_bits_to_float(u_max >= 0x8000 ? u_max : s_min);
 }
 
+// The same on n0 (a multiple of 16) float32 values as int32 bits: the signed max, signed
+// min and unsigned max (3 operations per 8 columns against 4 for max, min, the compare and
+// its or on floats; +inf / NaN: a signed max >= 0x7F800000, an unsigned max above
+// 0xFF800000).
+EK_INLINE int hmax_epi32(__m256i v) {
+  __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+  return _mm_cvtsi128_si32(_mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
+}
+EK_INLINE int hmin_epi32(__m256i v) {
+  __m128i m = _mm_min_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_min_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+  return _mm_cvtsi128_si32(_mm_min_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
+}
+EK_INLINE uint32_t hmax_epu32(__m256i v) {
+  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4E));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(_mm_max_epu32(m, _mm_shuffle_epi32(m, 0xB1))));
+}
+EK_INLINE float f32_bits_to_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+EK_INLINE void f32_stats(const float* xb, int64_t n0, float& bmax, float& bmin, bool& bad) {
+  __m256i smax[2], smin[2], umax[2];
+  for (int k = 0; k < 2; ++k) {
+    smax[k] = _mm256_set1_epi32(INT32_MIN);
+    smin[k] = _mm256_set1_epi32(INT32_MAX);
+    umax[k] = _mm256_setzero_si256();
+  }
+  for (int64_t i = 0; i < n0; i += 16) {
+    for (int k = 0; k < 2; ++k) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + i + 8 * k));
+      smax[k] = _mm256_max_epi32(smax[k], h);
+      smin[k] = _mm256_min_epi32(smin[k], h);
+      umax[k] = _mm256_max_epu32(umax[k], h);
+    }
+  }
+  const int s_max = hmax_epi32(_mm256_max_epi32(smax[0], smax[1]));
+  const int s_min = hmin_epi32(_mm256_min_epi32(smin[0], smin[1]));
+  const uint32_t u_max = hmax_epu32(_mm256_max_epu32(umax[0], umax[1]));
+  bad |= s_max >= 0x7F800000 || u_max > 0xFF800000u;
+  bmax = f32_bits_to_float(static_cast<uint32_t>(s_max >= 0 ? s_max : s_min));
+  bmin = f32_bits_to_float(u_max >= 0x80000000u ? u_max : static_cast<uint32_t>(s_min));
+}
+
 // Seeds the Gumbel arg-max with the score of the chunk's largest logit (its first column),
 // from a max-only pass over the chunk (which also brings the chunk into L2 for the main
 // pass). Exact: the seed is a score some column has, computed as the main pass computes it,
@@ -503,6 +550,9 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
     if (Kind == kBF16) {
       i = n & ~int64_t{31};
       if (i > 0) bf16_stats(static_cast<const uint16_t*>(P.row) + b0, i, bmax, bmin, bad);
+    } else if (Kind == kF32) {
+      i = n & ~int64_t{31};
+      if (i > 0) f32_stats(static_cast<const float*>(P.row) + b0, i, bmax, bmin, bad);
     } else {
       __m256 m4[4] = {_mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf)};
       __m256 n4[4] = {vinf, vinf, vinf, vinf};
@@ -803,17 +853,18 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       }
       converted = true;
     };
-    if (raw && !block_max) {
-      bf16_stats(static_cast<const uint16_t*>(P.row) + b0, kBlock, bmax, bmin, bad);
+    if (Kind == kF32 && n == kBlock) xs = static_cast<const float*>(P.row) + b0;  // full float32 blocks: in place
+    if (n == kBlock && !block_max && Kind != kF16) {
+      if (Kind == kBF16) {
+        bf16_stats(static_cast<const uint16_t*>(P.row) + b0, kBlock, bmax, bmin, bad);
+      } else {
+        f32_stats(xs, kBlock, bmax, bmin, bad);
+      }
       if (bad) break;
     } else if (block_max && n == kBlock) {
       bmax = block_max[(b0 - P.begin) / kBlock];
       bmin = block_min[(b0 - P.begin) / kBlock];
-      if (Kind == kF32) {
-        xs = static_cast<const float*>(P.row) + b0;
-      } else if (Kind == kF16) {
-        convert();
-      }
+      if (Kind == kF16) convert();
     } else {
       // Sub-pass 1 (the only read of memory when not sampling): convert to float32 into L1,
       // max, min, NaN/+inf. Two max chains: with one, the loop waited on the max latency (one
