@@ -248,13 +248,18 @@ void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Tem
       fn(p, R);
     }
   };
-  // Small inputs run on the calling thread: a parallel region costs microseconds. Otherwise
-  // the threads take items one at a time from a shared counter (dynamic, not a fixed share
+  // Small inputs run on the calling thread: a parallel region costs microseconds, and more
+  // when the other core is busy. Up to 32768 logits (B = 1, V = 32000) the calling thread
+  // alone was the faster (AVX2 tier, 2 vCPUs, `_C.eager_step` float32 flat logits, three
+  // alternated process pairs, 3000 calls each, 2026-11-29 15:25 UTC: greedy median 13.8-13.9
+  // us on one thread against 15.9-18.5 us on two, sampling 31.3-32.6 against 32.7-38.3, one
+  // disturbed one-thread run aside, 68.0; the chunk layout, and so the result, is the same
+  // either way). Otherwise the threads take items one at a time from a shared counter (dynamic, not a fixed share
   // each): chunks of the same size differ in work (the Gumbel candidates of a row depend on
   // its values; 77..109 us a row for the 8 rows of benchmarks/bench_cpu_isa.py at B = 8, flat
   // logits, AVX2 tier), and a fixed split in index order left one of two threads 7% longer.
   // Which thread runs an item never changes its result (one ChunkResult slot per item).
-  if (rows * vocab < 8192 || items == 1) {
+  if (rows * vocab <= 32768 || items == 1) {
     work(0, items);
   } else {
     std::atomic<int64_t> next{0};
