@@ -22,7 +22,7 @@
 // of the score only for the 8 columns of a lane vector where one passes.
 //
 // Full bfloat16 blocks are read in place, never converted into L1: max, min and the NaN /
-// +inf test from the bits as int16 (bf16_stats), the log-sum-exp sums converting 16
+// +inf test from the bits as int16 (bits_stats), the log-sum-exp sums converting 16
 // columns by two unpacks with zero (block_lse_bf16), the top-kp filter and the Gumbel scan
 // comparing the bits as int16 against the bfloat16 just below their float bound (top_bf16,
 // scan_bf16), and the Gumbel scores transposing the quads' 16-bit values before the
@@ -449,80 +449,80 @@ EK_INLINE void gumbel_quads(const int32_t* quad, int live, const ChunkParams& P,
   }
 }
 
-// Max, min and the NaN / +inf test of n0 (a multiple of 32) bfloat16 values from their
-// bits as int16, with no conversion: the signed max is the float max when some value is >=
-// +0 (else the signed min is), the unsigned max is the float min when some value is
-// negative (else the signed min is), and +inf / NaN show as a signed max >= 0x7F80 or an
-// unsigned max above 0xFF80 (-inf). 3 operations per 16 columns against 9 for max, min and
-// the compare on converted floats.
-EK_INLINE void bf16_stats(const uint16_t* hb, int64_t n0, float& bmax, float& bmin, bool& bad) {
-  __m256i smax[2], smin[2], umax[2];
-  for (int k = 0; k < 2; ++k) {
-    smax[k] = _mm256_set1_epi16(static_cast<int16_t>(0x8000));
-    smin[k] = _mm256_set1_epi16(0x7FFF);
-    umax[k] = _mm256_setzero_si256();
+// Max, min and the NaN / +inf test of n0 values (a multiple of 32 for bfloat16, 16 for
+// float32) from their bits as integers (W = 16 or 32 bits), with no conversion: the signed
+// max is the float max when some value is >= +0 (else the signed min is), the unsigned max
+// is the float min when some value is negative (else the signed min is), and +inf / NaN
+// show as a signed max >= the bits of +inf or an unsigned max above those of -inf. 3
+// integer operations per vector: for bfloat16 against a conversion and 9 float operations
+// per 16 columns, for float32 against 4 (max, min, the compare and its or) per 8.
+template <int W>
+struct IntLanes;
+template <>
+struct IntLanes<16> {
+  static constexpr uint32_t kPosInf = 0x7F80u, kNegInf = 0xFF80u, kSign = 0x8000u;
+  static __m256i smin0() { return _mm256_set1_epi16(0x7FFF); }
+  static __m256i smax0() { return _mm256_set1_epi16(static_cast<int16_t>(0x8000)); }
+  static __m256i smax(__m256i a, __m256i b) { return _mm256_max_epi16(a, b); }
+  static __m256i smin(__m256i a, __m256i b) { return _mm256_min_epi16(a, b); }
+  static __m256i umax(__m256i a, __m256i b) { return _mm256_max_epu16(a, b); }
+  static int32_t hsmax(__m256i v) { return hmax_epi16(v); }
+  static int32_t hsmin(__m256i v) { return hmin_epi16(v); }
+  static uint32_t humax(__m256i v) { return static_cast<uint32_t>(hmax_epu16(v)); }
+  static float to_float(uint32_t bits) { return bf16_bits_to_float(static_cast<int>(bits)); }
+};
+template <>
+struct IntLanes<32> {
+  static constexpr uint32_t kPosInf = 0x7F800000u, kNegInf = 0xFF800000u, kSign = 0x80000000u;
+  static __m256i smin0() { return _mm256_set1_epi32(INT32_MAX); }
+  static __m256i smax0() { return _mm256_set1_epi32(INT32_MIN); }
+  static __m256i smax(__m256i a, __m256i b) { return _mm256_max_epi32(a, b); }
+  static __m256i smin(__m256i a, __m256i b) { return _mm256_min_epi32(a, b); }
+  static __m256i umax(__m256i a, __m256i b) { return _mm256_max_epu32(a, b); }
+  static int32_t hsmax(__m256i v) {
+    __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+    return _mm_cvtsi128_si32(_mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
   }
-  for (int64_t i = 0; i < n0; i += 32) {
-    for (int k = 0; k < 2; ++k) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hb + i + 16 * k));
-      smax[k] = _mm256_max_epi16(smax[k], h);
-      smin[k] = _mm256_min_epi16(smin[k], h);
-      umax[k] = _mm256_max_epu16(umax[k], h);
-    }
+  static int32_t hsmin(__m256i v) {
+    __m128i m = _mm_min_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    m = _mm_min_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+    return _mm_cvtsi128_si32(_mm_min_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
   }
-  const int s_max = hmax_epi16(_mm256_max_epi16(smax[0], smax[1]));
-  const int s_min = hmin_epi16(_mm256_min_epi16(smin[0], smin[1]));
-  const int u_max = hmax_epu16(_mm256_max_epu16(umax[0], umax[1]));
-  bad |= s_max >= 0x7F80 || u_max > 0xFF80;
-  bmax = bf16_bits_to_float(s_max >= 0 ? s_max : s_min);
-  bmin = bf16_bits_to_float(u_max >= 0x8000 ? u_max : s_min);
-}
+  static uint32_t humax(__m256i v) {
+    __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4E));
+    return static_cast<uint32_t>(_mm_cvtsi128_si32(_mm_max_epu32(m, _mm_shuffle_epi32(m, 0xB1))));
+  }
+  static float to_float(uint32_t bits) {
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+  }
+};
 
-// The same on n0 (a multiple of 16) float32 values as int32 bits: the signed max, signed
-// min and unsigned max (3 operations per 8 columns against 4 for max, min, the compare and
-// its or on floats; +inf / NaN: a signed max >= 0x7F800000, an unsigned max above
-// 0xFF800000).
-EK_INLINE int hmax_epi32(__m256i v) {
-  __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4E));
-  return _mm_cvtsi128_si32(_mm_max_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
-}
-EK_INLINE int hmin_epi32(__m256i v) {
-  __m128i m = _mm_min_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  m = _mm_min_epi32(m, _mm_shuffle_epi32(m, 0x4E));
-  return _mm_cvtsi128_si32(_mm_min_epi32(m, _mm_shuffle_epi32(m, 0xB1)));
-}
-EK_INLINE uint32_t hmax_epu32(__m256i v) {
-  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4E));
-  return static_cast<uint32_t>(_mm_cvtsi128_si32(_mm_max_epu32(m, _mm_shuffle_epi32(m, 0xB1))));
-}
-EK_INLINE float f32_bits_to_float(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-EK_INLINE void f32_stats(const float* xb, int64_t n0, float& bmax, float& bmin, bool& bad) {
-  __m256i smax[2], smin[2], umax[2];
-  for (int k = 0; k < 2; ++k) {
-    smax[k] = _mm256_set1_epi32(INT32_MIN);
-    smin[k] = _mm256_set1_epi32(INT32_MAX);
-    umax[k] = _mm256_setzero_si256();
-  }
-  for (int64_t i = 0; i < n0; i += 16) {
+template <int W>
+EK_INLINE void bits_stats(const void* p, int64_t n0, float& bmax, float& bmin, bool& bad) {
+  using L = IntLanes<W>;
+  constexpr int kPerVec = 256 / W;
+  const __m256i* v = static_cast<const __m256i*>(p);
+  __m256i smax[2] = {L::smax0(), L::smax0()}, smin[2] = {L::smin0(), L::smin0()};
+  __m256i umax[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+  for (int64_t i = 0; i < n0 / kPerVec; i += 2) {
     for (int k = 0; k < 2; ++k) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + i + 8 * k));
-      smax[k] = _mm256_max_epi32(smax[k], h);
-      smin[k] = _mm256_min_epi32(smin[k], h);
-      umax[k] = _mm256_max_epu32(umax[k], h);
+      const __m256i h = _mm256_loadu_si256(v + i + k);
+      smax[k] = L::smax(smax[k], h);
+      smin[k] = L::smin(smin[k], h);
+      umax[k] = L::umax(umax[k], h);
     }
   }
-  const int s_max = hmax_epi32(_mm256_max_epi32(smax[0], smax[1]));
-  const int s_min = hmin_epi32(_mm256_min_epi32(smin[0], smin[1]));
-  const uint32_t u_max = hmax_epu32(_mm256_max_epu32(umax[0], umax[1]));
-  bad |= s_max >= 0x7F800000 || u_max > 0xFF800000u;
-  bmax = f32_bits_to_float(static_cast<uint32_t>(s_max >= 0 ? s_max : s_min));
-  bmin = f32_bits_to_float(u_max >= 0x80000000u ? u_max : static_cast<uint32_t>(s_min));
+  const int32_t s_max = L::hsmax(L::smax(smax[0], smax[1]));
+  const int32_t s_min = L::hsmin(L::smin(smin[0], smin[1]));
+  const uint32_t u_max = L::humax(L::umax(umax[0], umax[1]));
+  const uint32_t mask = W == 16 ? 0xFFFFu : 0xFFFFFFFFu;
+  bad |= s_max >= static_cast<int32_t>(L::kPosInf) || u_max > L::kNegInf;
+  bmax = L::to_float(static_cast<uint32_t>(s_max >= 0 ? s_max : s_min) & mask);
+  bmin = L::to_float(u_max >= L::kSign ? u_max : static_cast<uint32_t>(s_min) & mask);
 }
 
 // Seeds the Gumbel arg-max with the score of the chunk's largest logit (its first column),
@@ -549,10 +549,10 @@ void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const 
     float bmax = -kInf, bmin = -kInf;
     if (Kind == kBF16) {
       i = n & ~int64_t{31};
-      if (i > 0) bf16_stats(static_cast<const uint16_t*>(P.row) + b0, i, bmax, bmin, bad);
+      if (i > 0) bits_stats<16>(static_cast<const uint16_t*>(P.row) + b0, i, bmax, bmin, bad);
     } else if (Kind == kF32) {
       i = n & ~int64_t{31};
-      if (i > 0) f32_stats(static_cast<const float*>(P.row) + b0, i, bmax, bmin, bad);
+      if (i > 0) bits_stats<32>(static_cast<const float*>(P.row) + b0, i, bmax, bmin, bad);
     } else {
       __m256 m4[4] = {_mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf), _mm256_set1_ps(-kInf)};
       __m256 n4[4] = {vinf, vinf, vinf, vinf};
@@ -838,7 +838,7 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     const float* xs = xb;  // the block as float32, -inf past its end up to a multiple of 4 vectors
     float bmax, bmin;
     // A full bfloat16 block is read in place (raw): its max, min and NaN / +inf test from
-    // the bits (bf16_stats, here or in the seed pass), the log-sum-exp sums convert as they
+    // the bits (bits_stats, here or in the seed pass), the log-sum-exp sums convert as they
     // go (in any order), the top-kp filter and the Gumbel scan compare the bits as int16.
     // Converted into L1 (column order) only for block_sums (full entropy, or |max| past
     // the log-sum-exp's range).
@@ -856,9 +856,9 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
     if (Kind == kF32 && n == kBlock) xs = static_cast<const float*>(P.row) + b0;  // full float32 blocks: in place
     if (n == kBlock && !block_max && Kind != kF16) {
       if (Kind == kBF16) {
-        bf16_stats(static_cast<const uint16_t*>(P.row) + b0, kBlock, bmax, bmin, bad);
+        bits_stats<16>(static_cast<const uint16_t*>(P.row) + b0, kBlock, bmax, bmin, bad);
       } else {
-        f32_stats(xs, kBlock, bmax, bmin, bad);
+        bits_stats<32>(xs, kBlock, bmax, bmin, bad);
       }
       if (bad) break;
     } else if (block_max && n == kBlock) {
