@@ -3,14 +3,18 @@
 // - The row pass (run_pass) splits each row into chunks whose layout depends only on the
 //   shape (B, V), runs one chunk kernel per chunk in parallel (at::parallel_for), and merges
 //   the chunks of each row in column order: results never depend on the thread count.
-// - The chunk kernel is AVX-512 when the CPU has it (kernels_avx512.cpp), else AVX2 + FMA +
-//   F16C (kernels_avx2.cpp), else portable C++ (kernels_scalar.cpp); EAGER_KERNELS_CPU_ISA=
-//   avx2 / scalar or _C.set_isa forces a tier.
+// - The chunk kernel is AVX-512 when the CPU has it (kernels_avx512.cpp) and is not an AMD
+//   Zen 4, else AVX2 + FMA + F16C (kernels_avx2.cpp), else portable C++
+//   (kernels_scalar.cpp); EAGER_KERNELS_CPU_ISA=avx512 / avx2 / scalar or _C.set_isa forces
+//   a tier (default_isa).
 // - Registered for the CPU dispatch key against the schemas eager_kernels/_registry.py
 //   defines, and bound with pybind11 for the direct (no dispatcher) path.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#endif
 #include <torch/library.h>
 
 #include <algorithm>
@@ -69,11 +73,32 @@ const GumbelTable& gumbel_table() {
 
 enum class Isa { kScalar, kAvx2, kAvx512 };
 
+// AMD family 19h with AVX-512 is Zen 4, which runs 512-bit operations as two 256-bit halves.
+// There the AVX2 tier (which has the AVX2-only changes of docs/cpu_tiers.md) is the faster:
+// `benchmarks/bench_cpu_isa.py`, 2026-11-29 16:01 UTC (results/cpu_isa_2threads_r21.txt), B =
+// 8, V = 152064 float32, 2 threads, sampling step 342.1 us against 410.2 (flat), 216.9
+// against 257.2 (peaked), greedy 156.5 against 189.2; bfloat16 and B = 1 the same way or
+// equal. No Intel AVX-512 machine was at hand: elsewhere AVX-512 stays the pick.
+bool amd_zen4() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+  const bool amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "AuthenticAMD"
+  if (!amd || !__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const unsigned base = (a >> 8) & 0xF, ext = (a >> 20) & 0xFF;
+  return (base == 0xF ? base + ext : base) == 0x19;
+#else
+  return false;
+#endif
+}
+
 Isa default_isa() {
   const char* env = std::getenv("EAGER_KERNELS_CPU_ISA");
-  if (env != nullptr && std::string(env) == "scalar") return Isa::kScalar;
-  if (env != nullptr && std::string(env) == "avx2" && avx2_cpu_supported()) return Isa::kAvx2;
-  if (avx512_cpu_supported()) return Isa::kAvx512;
+  const std::string want = env != nullptr ? env : "";
+  if (want == "scalar") return Isa::kScalar;
+  if (want == "avx2" && avx2_cpu_supported()) return Isa::kAvx2;
+  if (want == "avx512" && avx512_cpu_supported()) return Isa::kAvx512;
+  if (avx512_cpu_supported() && !(amd_zen4() && avx2_cpu_supported())) return Isa::kAvx512;
   return avx2_cpu_supported() ? Isa::kAvx2 : Isa::kScalar;
 }
 Isa& current_isa() {

@@ -7,6 +7,9 @@ is held to the reference.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -416,3 +419,38 @@ def test_opcheck_registered_ops():
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
+
+
+def _cpuinfo() -> tuple[str, int, set]:
+    """(vendor, family, flags) of the first CPU in /proc/cpuinfo ('', 0, set() elsewhere)."""
+    try:
+        text = open("/proc/cpuinfo").read().split("\n\n")[0]
+    except OSError:
+        return "", 0, set()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("vendor_id", ""), int(fields.get("cpu family", "0") or 0), set(fields.get("flags", "").split())
+
+
+def test_auto_pick():
+    """The run-time pick: AVX-512 where the CPU has it, except on AMD family 19h (Zen 4),
+    where the AVX2 tier measured faster (docs/cpu_tiers.md); else AVX2; else portable."""
+    vendor, family, flags = _cpuinfo()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo to compare the pick with")
+    _C.set_isa("auto")
+    if _C.avx512_supported():
+        want = "avx2" if vendor == "AuthenticAMD" and family == 0x19 else "avx512"
+    else:
+        want = "avx2" if _C.avx2_supported() else "scalar"
+    assert _C.isa() == want, (vendor, family)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ISAS)
+def test_isa_environment_variable(name):
+    """EAGER_KERNELS_CPU_ISA forces each tier this CPU has (read once, at the first use)."""
+    code = "from eager_kernels import _C; print(_C.isa())"
+    env = dict(os.environ, EAGER_KERNELS_CPU_ISA=name)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == name
