@@ -273,20 +273,20 @@ void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Tem
       fn(p, R);
     }
   };
-  // Small inputs run on the calling thread: a parallel region costs microseconds, and more
-  // when the other core is busy. The bound counts a sampling pass as twice the logits: at B =
-  // 1, V = 32000 the greedy pass ran faster on the calling thread alone (AVX2 tier, 2 vCPUs,
-  // `_C.eager_step` float32 flat logits, alternated processes, 3000 calls each, 2026-11-29
-  // 15:25 UTC: median 13.8-13.9 us against 15.9-18.5 us on two threads), the sampling pass
-  // (23.7 us for the row on one thread, benchmarks/cpu_chunk_driver.cpp) gained from two in
-  // bench_cpu_isa.py (median 33.2 us on two threads at 15:25 UTC, 37.6 us on one at 15:32)
-  // but not in the direct calls (31.3-32.6 us on one, 32.7-38.3 on two): its gain depends on
-  // the other core being free, and stays where it was.
-  // The chunk layout, and so the result, is the same either way. Otherwise the threads take
-  // items one at a time from a shared counter (dynamic, not a fixed share each): chunks of the same size differ in work (the Gumbel candidates of a row depend on
-  // its values; 77..109 us a row for the 8 rows of benchmarks/bench_cpu_isa.py at B = 8, flat
-  // logits, AVX2 tier), and a fixed split in index order left one of two threads 7% longer.
-  // Which thread runs an item never changes its result (one ChunkResult slot per item).
+  // Small inputs run on the calling thread: a parallel region costs microseconds, more when
+  // the other core is busy. The bound (32768 logits, a sampling pass counted twice) keeps B =
+  // 1, V = 32000 greedy on the calling thread (AVX2 tier, 2 vCPUs, `_C.eager_step` float32
+  // flat logits, alternated processes of 3000 calls, 2026-11-29 15:25 UTC: median 13.8-13.9
+  // us against 15.9-18.5 on two threads) and its sampling pass on two (bench_cpu_isa.py 33.2
+  // us on two threads at 15:25, 37.6 on one at 15:32; direct calls 31.3-32.6 on one, 32.7-38.3
+  // on two: the gain depends on the other core being free). The chunk layout, and so the
+  // result, is the same either way.
+  // Otherwise the threads take items one at a time from a shared counter (dynamic, not a
+  // fixed share each): chunks of the same size differ in work (the Gumbel candidates of a row
+  // depend on its values; 77..109 us a row for the 8 rows of benchmarks/bench_cpu_isa.py at B
+  // = 8, flat logits, AVX2 tier), and a fixed split in index order left one of two threads
+  // 7% longer. Which thread runs an item never changes its result (one ChunkResult slot per
+  // item).
   if (rows * vocab * (sample ? 2 : 1) <= 32768 || items == 1) {
     work(0, items);
   } else {
