@@ -10,7 +10,12 @@ STAMP  := $(VENV)/.eager-kernels-installed
 # subproject there) and forces curl off and the small `common` library on.
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: install test test-full test-vllm demo bench bench-decode clean
+.PHONY: install test test-full test-vllm demo bench bench-decode docs clean
+
+# The documentation site needs only these (the `docs` extra of pyproject.toml; mkdocstrings
+# reads the docstrings from the source, so the package itself need not be installed).
+DOCS_REQS := "mkdocs>=1.6,<2" "mkdocs-material>=9.5,<10" "mkdocstrings[python]>=0.26"
+DOCS_STAMP := $(VENV)/.eager-kernels-docs
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +44,15 @@ test-full: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m eager_kernels demo
+
+# The documentation site (mkdocs.yml, docs/) into site/; any warning fails the build.
+$(DOCS_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(DOCS_REQS)
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # The kernel grid (every op, every backend here; CSV + plots in benchmarks/results).
 bench: $(STAMP)
@@ -74,4 +88,4 @@ test-vllm: $(VLLM_STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} $(VLLM_PY) -m pytest -q tests/test_vllm_engine.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info eager_kernels/_C*.so
+	rm -rf $(VENV) $(VLLM_VENV) build site *.egg-info eager_kernels/_C*.so
