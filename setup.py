@@ -4,9 +4,11 @@ Set EAGER_KERNELS_SKIP_CPP=1 to install without it (the package then falls back 
 torch reference on CPU, with one warning). Install with --no-build-isolation so that the
 extension is compiled against the torch already installed.
 
-No hardware probing here: csrc/kernels_avx512.cpp carries its own target pragma and is
-chosen at run time only on CPUs that report AVX-512; csrc/kernels_scalar.cpp is the
-portable path. -ffp-contract=off keeps the Gumbel score x - T * log(E) rounded as the
+No hardware probing here: csrc/kernels_avx512.cpp and csrc/kernels_avx2.cpp carry their
+own target pragmas, and csrc/ops.cpp picks the tier at run time: AVX-512 on CPUs that
+report it, except AMD Zen 4, which gets the AVX2 tier (faster there); AVX2 + FMA + F16C
+otherwise; csrc/kernels_scalar.cpp, the portable path, on anything else
+(EAGER_KERNELS_CPU_ISA forces a tier; docs/cpu_tiers.md). -ffp-contract=off keeps the Gumbel score x - T * log(E) rounded as the
 reference rounds it (the kernels write their fused multiply-adds explicitly).
 """
 import glob
