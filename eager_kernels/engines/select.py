@@ -10,7 +10,7 @@ import importlib.util
 import time
 from pathlib import Path
 
-ENGINES = ("auto", "transformers", "llamacpp")
+ENGINES = ("auto", "transformers", "llamacpp", "vllm")
 
 
 def llama_cpp_installed() -> bool:
@@ -30,6 +30,8 @@ def resolve(engine: str, *, model_dir=None) -> str:
 def load(engine: str, *, model_dir=None, gguf=None, threads=None):
     """(model or engine, tokenizer, display name, load seconds) for `engine` (resolved)."""
     t0 = time.perf_counter()
+    if engine == "vllm":
+        return _load_vllm(model_dir, gguf, t0)
     if engine == "llamacpp":
         from .llamacpp import LlamaCppEngine
 
@@ -55,3 +57,25 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None):
         model, tok = load_default_model()
         name = "SmolLM2-135M-Instruct (default)"
     return model, tok, f"{name} on transformers", time.perf_counter() - t0
+
+
+def _load_vllm(model_dir, gguf, t0):
+    """VllmEngine on a transformers model directory (default: the converted default model),
+    float32 on CPU (as the transformers engine runs it), the model's dtype on a GPU."""
+    from .vllm_engine import VllmEngine, import_vllm
+
+    if gguf:
+        raise ValueError("--gguf is for --engine llamacpp; --engine vllm takes --model DIR (a transformers directory)")
+    import_vllm()
+    from vllm.platforms import current_platform
+
+    if model_dir:
+        path, name = Path(model_dir), str(model_dir)
+    else:
+        from ..models import default_model_dir, load_default_model
+
+        load_default_model()  # converts the shipped GGUF once into default_model_dir()
+        path, name = default_model_dir(), "SmolLM2-135M-Instruct (default)"
+    args = {"dtype": "float32"} if current_platform.device_type == "cpu" else {}
+    eng = VllmEngine(path, **args)
+    return eng, eng.tokenizer, f"{name} on vLLM", time.perf_counter() - t0

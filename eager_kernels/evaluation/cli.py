@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of torch and of the llama.cpp engine (1 is often faster on a machine shared "
                         "with other jobs)")
-    p.add_argument("--engine", choices=["auto", "transformers", "llamacpp"], default="auto",
+    p.add_argument("--engine", choices=["auto", "transformers", "llamacpp", "vllm"], default="auto",
                    help="inference stack (default auto: llama.cpp when installed, else transformers)")
     p.add_argument("--gguf", default=None, help="GGUF file for --engine llamacpp (default: the default model)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
