@@ -106,6 +106,8 @@ def cmd_generate(args) -> int:
         overrides["budget"] = args.budget
     if args.stop_branching_at:
         overrides["stop_branching_at"] = args.stop_branching_at
+    if getattr(args, "batch_invariant", False):
+        overrides["batch_invariant"] = True
     cfg = EagerConfig(policy=args.policy, **overrides)  # bad values fail here, before the model loads
     _check_backend_here(cfg.backend)
     engine = resolve(getattr(args, "engine", "auto"), model_dir=args.model)
@@ -184,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--budget", choices=["init", "adapt", "entropy"], default=None)
     g.add_argument("--stop-branching-at", default=None, help='e.g. "</think>"')
+    g.add_argument("--batch-invariant", action="store_true",
+                   help="each prompt's paths depend only on it, never on the other prompts of the call (each "
+                        "prompt decodes in engine calls of its own; slower with several prompts, see "
+                        "docs/reproducibility.md)")
     g.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as is")
     g.add_argument("--show", type=int, default=12, help="paths to print per prompt")
     g.add_argument("--json", default=None, help="also write all paths and metrics to this file")

@@ -18,6 +18,28 @@ engine's business.
 
 The logits returned by prefill and decode may be views of the engine's own buffers: they
 are valid until the next call on the engine (the loop uses them within one step).
+
+Batch invariance. An engine states whether the logits it returns for a row depend on the
+other rows of the call (other prompts, their number, their lengths, the cache layout they
+cause):
+
+    batch_invariant = True   the logits of a row are bit-identical whatever else shares the
+                             call (batch-invariant kernels, or one isolated call per prompt
+                             done inside the engine);
+    batch_invariant = False  they may move (the matmul's path for the batch size, padding,
+                             the attention's reduction over a shared cache); batch_deviation
+                             then gives the largest |difference| of a row's log-probabilities
+                             measured between the row decoded alone and in a batch
+                             (benchmarks/bench_batch_invariance.py), or None if unmeasured.
+
+The loop reads batch_invariant. With EagerConfig(batch_invariant=True) on an engine that is
+not batch-invariant it runs each prompt's rows in engine calls of their own (prefill,
+decode and reorder of one prompt, then release, then the next prompt), so the batch a row
+sees is a function of its prompt alone; a prompt alone must then give the same logits after
+any earlier calls on the engine (release() leaves no state a later prefill can see, other
+than sizes). An engine with batch_invariant = True keeps all prompts in one batch in that
+mode: a new engine that has batch-invariant kernels sets it, and passes the conformance
+suite's invariance test (tests/test_engines.py) with it.
 """
 from __future__ import annotations
 
@@ -42,6 +64,11 @@ class Engine(abc.ABC):
             decode(ids, skip_special_tokens=True) -> str, __call__(text)["input_ids"],
             apply_chat_template(messages, add_generation_prompt=True, tokenize=True),
             chat_template, eos_token_id, pad_token_id.
+        batch_invariant: whether a row's logits are bit-identical whatever other rows share
+            the call (default False; module docstring, "Batch invariance").
+        batch_deviation: for an engine that is not batch-invariant, the largest measured
+            |difference| of a row's log-probabilities alone against in a batch (None:
+            not measured).
     """
 
     vocab_size: int
@@ -51,6 +78,8 @@ class Engine(abc.ABC):
     kv_copies: int = 1
     tokenizer = None
     name: str = "engine"
+    batch_invariant: bool = False  # see the module docstring, "Batch invariance"
+    batch_deviation: Optional[float] = None
 
     @abc.abstractmethod
     def prefill(self, prompts: Sequence[Sequence[int]], *, max_rows: int, max_new_tokens: int) -> torch.Tensor:

@@ -81,6 +81,14 @@ class EagerConfig:
             must fit in this many bytes, else generate() raises EagerMemoryError before
             running. None = half the physical memory on CPU, 90% of the free memory on CUDA.
             Default None.
+        batch_invariant: a prompt's tree (tokens, branch steps, log-probabilities to the
+            last bit) depends only on the prompt, its key, this config and the engine's
+            settings, never on the other prompts of the call. On an engine whose
+            `batch_invariant` attribute is False (both shipped engines: a row's logits
+            move in the last bits with the rest of the batch) each prompt then decodes in
+            engine calls of its own, one prompt after the other; on an engine that is
+            batch-invariant already nothing changes. Costs throughput: see
+            docs/reproducibility.md. Default False.
     """
 
     policy: str = "paper"
@@ -103,6 +111,7 @@ class EagerConfig:
     verifier: Optional[Callable] = field(default=None, repr=False)
     adapt_factor: int = 3
     memory_limit_bytes: Optional[int] = None
+    batch_invariant: bool = False
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -147,6 +156,8 @@ class EagerConfig:
             raise ValueError(f"budget: expected one of {BUDGET_MODES}, got {self.budget!r}")
         if self.budget == "full" and self.verifier is None:
             raise ValueError("budget='full' needs verifier=callable(prompt_index, path) -> bool")
+        if not isinstance(self.batch_invariant, bool):
+            raise ValueError(f"batch_invariant: expected True or False, got {self.batch_invariant!r}")
         if self.num_branches > 64:
             raise ValueError("num_branches: at most 64 (the width of the fused top-k)")
 

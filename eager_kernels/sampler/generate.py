@@ -107,15 +107,30 @@ def _prepare(engine, inputs, cfg, tokenizer, attention_mask, chat_template, prom
     return prompts, keys, eos, stops
 
 
+def isolates_prompts(engine, cfg) -> bool:
+    """True when each prompt must decode in engine calls of its own: batch-invariant mode
+    (cfg.batch_invariant) on an engine whose logits for a row depend on the other rows of
+    its call (engine.batch_invariant False, see engines/base.py)."""
+    return bool(cfg.batch_invariant) and not getattr(engine, "batch_invariant", False)
+
+
 def _stage(engine, prompts, keys, which, caps, name, cfg, eos, stops, tokenizer, metrics, progress,
            all_paths, peaks, events):
-    """One budget stage for the prompts `which` (caps: paths each), keyed by the stage's name."""
-    try:
-        raw, peak, bev = run_stage(engine, [prompts[i] for i in which], caps, cfg, eos_ids=eos, stop_seqs=stops,
-                                   seed=stage_key(cfg.seed, name), metrics=metrics, progress=progress,
-                                   prompt_keys=[keys[i] for i in which])
-    finally:
-        engine.release()
+    """One budget stage for the prompts `which` (caps: paths each), keyed by the stage's name.
+    In batch-invariant mode on an engine that is not batch-invariant, one run_stage per
+    prompt: the batch each of its rows sees is then its own prompt's rows, a function of
+    that prompt alone."""
+    groups = [[j] for j in range(len(which))] if isolates_prompts(engine, cfg) else [list(range(len(which)))]
+    raw, peak, bev = [None] * len(which), [0] * len(which), [0] * len(which)
+    for group in groups:
+        try:
+            r, p, b = run_stage(engine, [prompts[which[j]] for j in group], [caps[j] for j in group], cfg,
+                                eos_ids=eos, stop_seqs=stops, seed=stage_key(cfg.seed, name), metrics=metrics,
+                                progress=progress, prompt_keys=[keys[which[j]] for j in group])
+        finally:
+            engine.release()
+        for j, rj, pj, bj in zip(group, r, p, b):
+            raw[j], peak[j], bev[j] = rj, pj, bj
     for j, i in enumerate(which):
         peaks[i] = max(peaks[i], peak[j])
         events[i] += bev[j]
