@@ -231,6 +231,41 @@ def test_cache_released_between_calls(engine):
 
 
 # ---------------------------------------------------------------------------------------
+# Batch invariance (engines/base.py, "Batch invariance")
+# ---------------------------------------------------------------------------------------
+
+
+def _exact(result):
+    """A prompt's tree with its floats as they are (compared with ==: to the last bit)."""
+    return [(p.token_ids, p.branch_steps, p.finished, p.logprob, p.entropies) for p in result.paths]
+
+
+def test_batch_invariance_attributes(engine):
+    assert isinstance(engine.batch_invariant, bool)
+    if not engine.batch_invariant:
+        dev = engine.batch_deviation
+        assert dev is None or (isinstance(dev, float) and dev > 0)
+
+
+@pytest.mark.parametrize("policy", ["seed", "paper"])
+def test_batch_invariant_mode(engine, policy):
+    """EagerConfig(batch_invariant=True): prompt b's tree in generate([a, b, c]) is its tree in
+    generate([b]) to the last bit (tokens, branch steps, log-probabilities, entropies), in
+    any order and after calls that sized the engine for more prompts."""
+    cfg = seed_cfg(temperature=0.8) if policy == "seed" else paper_cfg(temperature=0.6)
+    cfg = cfg.replace(batch_invariant=True)
+    a, b, c = PROMPTS
+    full = generate(engine, [a, b, c], cfg, prompt_keys=[0, 1, 2])
+    assert full.metrics.branch_events > 0, "the test needs branching"
+    alone = generate(engine, [b], cfg, prompt_keys=[1])
+    assert _exact(alone.results[0]) == _exact(full.results[1])
+    more = generate(engine, [c, b, a, c, a], cfg, prompt_keys=[2, 1, 0, 7, 8])
+    assert _exact(more.results[1]) == _exact(full.results[1])
+    assert _exact(more.results[0]) == _exact(full.results[2])
+    assert _exact(generate(engine, [b], cfg, prompt_keys=[1]).results[0]) == _exact(alone.results[0])
+
+
+# ---------------------------------------------------------------------------------------
 # Bad input: clear errors before decoding
 # ---------------------------------------------------------------------------------------
 
