@@ -1,5 +1,5 @@
 """How far the default model's GGUF weight types move the next-token distribution: the
-figures behind models.GGUF_WEIGHT_TYPE (README, "Engines").
+figures behind models.GGUF_WEIGHT_TYPE (docs/engines.md).
 
     python benchmarks/gguf_weight_types.py [--types q4_1 f16 bf16] [--threads 2]
 

@@ -62,7 +62,7 @@ def find_default_gguf() -> Path | None:
 
 # GGUF weight types the default model can be run in by the llama.cpp engine: the shipped
 # file is Q4_1; the others are written once from it with llama_model_quantize and cached.
-# GGUF_WEIGHT_TYPE is the default, chosen by measurement (README, "Engines"; `eager-kernels
+# GGUF_WEIGHT_TYPE is the default, chosen by measurement (docs/engines.md; `eager-kernels
 # bench --decode --step-table`): Q4_1 batches badly on this CPU; BF16 was faster than F16 at
 # 8 and 32 rows in three of four runs (AVX-512 BF16 EPYC, 2 threads, 2026-11-29; 32 rows: 53
 # vs 78 ms, 84 vs 128, 98 vs 114, once 85 vs 81). F16 holds every Q4_1 weight exactly, BF16

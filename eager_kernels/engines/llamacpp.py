@@ -45,7 +45,7 @@ import torch
 from .base import Engine
 
 EXTRA_HINT = ('the llama.cpp engine needs the package llama-cpp-python: pip install "eager-kernels[llamacpp]" '
-              '(it builds llama.cpp from source, several minutes on 2 cores; see the README, "Engines")')
+              '(it builds llama.cpp from source, several minutes on 2 cores; see docs/install.md)')
 
 _KV_ELEMENT_BYTES = 2  # llama.cpp's default K and V cache type is F16
 _CELL_ROUND = 256
@@ -61,7 +61,7 @@ def import_llama_cpp():
 
         raise MissingExtraError("llama-cpp-python", "llamacpp",
                                 "the llama.cpp engine (it builds llama.cpp from source, several minutes on "
-                                "2 cores; see the README, \"Engines\")") from e
+                                "2 cores; see docs/install.md)") from e
     return lib
 
 
