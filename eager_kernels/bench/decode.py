@@ -1,7 +1,7 @@
 """Decode benchmark: EAGer on SmolLM2-135M-Instruct, per generated token, on both engines.
 
     eager-kernels bench --decode [--max-new-tokens 32] [--repeats 3] [--threads N]
-                                 [--engine both|transformers|llamacpp] [--weight-type f16]
+                                 [--engine both|transformers|llamacpp|vllm] [--weight-type f16]
                                  [--skip-practitioner] [--csv benchmarks/results/decode.csv]
     eager-kernels bench --decode --step-table [--threads 1]   (one decode step of R rows,
                                  transformers vs llama_decode in each GGUF weight type)
@@ -127,8 +127,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch and llama.cpp threads for every method (default: torch's); 1 is steadier on a "
                          "shared machine")
-    ap.add_argument("--engine", choices=["both", "transformers", "llamacpp"], default=None,
-                    help="which engines' EAGer rows to run (default: both when llama-cpp-python is installed)")
+    ap.add_argument("--engine", choices=["both", "transformers", "llamacpp", "vllm"], default=None,
+                    help="which engines' EAGer rows to run (default: both when llama-cpp-python is installed); "
+                         "vllm: its own rows against vLLM's parallel sampling and a host loop (bench/vllm.py)")
+    ap.add_argument("--host-repeats", type=int, default=1, help="--engine vllm: runs of the host loop (slow)")
+    ap.add_argument("--raw", default="benchmarks/results/vllm_decode.txt",
+                    help="--engine vllm: the text file its table is appended to")
     ap.add_argument("--weight-type", default=None, help="GGUF weight type of the llama.cpp rows (default: "
                     "models.GGUF_WEIGHT_TYPE)")
     ap.add_argument("--paper-m", type=int, default=8, help="M of the paper-policy rows (g) (default 8)")
@@ -139,6 +143,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.step_table:
         return _print_step_table(args)
+    if args.engine == "vllm":
+        from .vllm import run
+
+        return run(args)
     from ..engines.select import llama_cpp_installed
 
     engine_choice = args.engine or ("both" if llama_cpp_installed() else "transformers")
