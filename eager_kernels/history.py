@@ -31,9 +31,10 @@ class EntropyHistory:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         _checks.check_backend(backend)
-        self.device = torch.device(device)
         self.backend = backend
-        self.values = torch.full((num_groups, capacity), float("inf"), dtype=torch.float32, device=self.device)
+        self.values = torch.full((num_groups, capacity), float("inf"), dtype=torch.float32, device=device)
+        # the buffers' own device: "cuda" becomes "cuda:0" (the current one), as on the logits
+        self.device = self.values.device
         self.count = torch.zeros(num_groups, dtype=torch.int64, device=self.device)
         self.overflow = torch.zeros(num_groups, dtype=torch.bool, device=self.device)
 
