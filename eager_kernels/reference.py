@@ -19,6 +19,17 @@ import torch
 # ---------------------------------------------------------------------------------------
 
 
+def _on_device(value, dtype, device) -> torch.Tensor:
+    """value as a `dtype` tensor on `device` (a tensor's own device when device is None). A
+    Python number is filled in on the device, not copied there: torch.tensor(x, device="cuda")
+    is a host-to-device copy that synchronises the host with the GPU."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype=dtype, device=value.device if device is None else device)
+    if isinstance(value, (int, float)):
+        return torch.full((), value, dtype=dtype, device=device)
+    return torch.as_tensor(value, dtype=dtype, device=device)
+
+
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.dtype == torch.float64 else logits.float()
 
@@ -129,12 +140,12 @@ def philox_uniform(seed, offset, rows: int, cols: int, device=None) -> torch.Ten
     seed[r] and counter word 1 = 0, so its numbers do not depend on its place in the batch.
     Traffic: about 8 int64 [rows, cols/4] temporaries per round: slow, and only an oracle.
     """
-    seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
+    seed = _on_device(seed, torch.int64, device)
     per_row = seed.numel() != 1
     seed = seed.reshape(-1, 1) if per_row else seed.reshape(())
     if per_row and seed.shape[0] != rows:
         raise ValueError(f"seed: expected one element or shape [{rows}], got {seed.shape[0]} elements")
-    offset = torch.as_tensor(offset, dtype=torch.int64, device=seed.device).reshape(())
+    offset = _on_device(offset, torch.int64, seed.device).reshape(())
     device = seed.device
     quads = (cols + 3) // 4
     c0 = torch.arange(quads, dtype=torch.int64, device=device).expand(rows, quads)
@@ -168,7 +179,7 @@ def gumbel_scores(logits: torch.Tensor, temperature, seed, offset) -> torch.Tens
     rows, cols = x.shape
     u = philox_uniform(seed, offset, rows, cols, device=x.device).clamp_min(UNIFORM_MIN)
     log_e = torch.log(-torch.log(u))
-    t = torch.as_tensor(temperature, dtype=torch.float32, device=x.device).reshape(-1, 1)
+    t = _on_device(temperature, torch.float32, x.device).reshape(-1, 1)
     return x - t * log_e
 
 
@@ -195,7 +206,7 @@ def history_threshold(values, count, group, q: float, theta: float, initial: flo
     equal to torch.quantile(recorded, q / 100). Reads two values per row."""
     n = count[group]
     last = (n - 1).clamp_min(0)
-    q32 = torch.tensor(q / 100.0, dtype=values.dtype, device=values.device)
+    q32 = torch.full((), q / 100.0, dtype=values.dtype, device=values.device)
     rank = q32 * last.to(values.dtype)
     below = rank.to(torch.int64)
     above = rank.ceil().to(torch.int64)
@@ -221,7 +232,7 @@ def history_append_(values, count, overflow, entropy, group) -> None:
     member = group[None, :] == torch.arange(num_groups, device=dev)[:, None]  # [G, B]
     n_new = member.sum(dim=1)
     fits = count + n_new <= capacity
-    inf = torch.tensor(float("inf"), dtype=values.dtype, device=dev)
+    inf = torch.full((), float("inf"), dtype=values.dtype, device=dev)
     new_sorted = torch.where(member & fits[:, None], entropy.to(values.dtype)[None, :], inf)
     new_sorted = new_sorted.sort(dim=1).values  # [G, B], +inf padded
     # Merged position of each old value: its index plus the number of new values below it;
