@@ -122,6 +122,27 @@ def time_stats(fn, *, device="cpu", min_runs=20, min_seconds=0.3, max_seconds=No
     return statistics.median(times), min(times), len(times)
 
 
+def kernel_seconds(fn, *, runs=20, warmup=3) -> float:
+    """CUDA only: the GPU time of fn()'s kernels (and copies) per call, from the profiler's
+    device-side records, averaged over `runs` calls. Unlike time_stats, whose events also
+    count the GPU waiting for the host to launch the next kernel, this is what the kernels
+    cost the device: the figure that bandwidth (GB/s, % of copy bandwidth) is taken from."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize()
+    total_us = sum(evt.time_range.elapsed_us() for evt in prof.events()
+                   if evt.device_type == torch.autograd.DeviceType.CUDA)  # kernels, copies, memsets
+    if total_us <= 0:  # no device records (profiler without CUPTI): no figure rather than 0
+        return float("nan")
+    return total_us / runs / 1e6
+
+
 def time_fn(fn, *, device="cpu", min_runs=20, min_seconds=0.3, warmup=3) -> float:
     """Median wall time of fn() in seconds over at least min_runs runs and min_seconds."""
     return time_stats(fn, device=device, min_runs=min_runs, min_seconds=min_seconds, warmup=warmup)[0]

@@ -21,8 +21,12 @@ The plain torch step is spared the history append (its history is a fixed [G, 25
 
 Each timing is the median of at least 20 runs and 0.3 s (CPU; 0.1 s on CUDA, timed with
 events), at most about 1.5 s for slow calls (then at least 3 runs), after warm-up, of the
-public call (argument checks included). The read floor is one logits.amax(-1) pass on CPU
-and the measured copy bandwidth on CUDA; GB/s counts the logits read once.
+public call (argument checks included). On CUDA each backend is also timed by its kernels'
+GPU time (`kernel_us`, from the profiler's device records, benchmarking.kernel_seconds):
+a call's event time also counts the GPU idling while the host launches, so small calls
+measure the host. The read floor is one logits.amax(-1) pass on CPU and the measured copy
+bandwidth on CUDA; GB/s counts the logits read once, over the kernel time on CUDA and the
+call time on CPU.
 
 Writes DIR/kernels_<device>[_TAG].csv (one row per case and backend, with device, versions
 and date), DIR/kernels_<device>[_TAG]_<dtype>.png (time against V per backend, one panel per
@@ -210,7 +214,7 @@ def run_grid(*, device, backends, rows, vocab, dtypes, dist="randn3", ops=OPS, m
     compiled = _compile_all() if "compile" in backends else {}
     out = []
     fused = [b for b in backends if b not in ("torch", "compile", "reference")]
-    log(_header(backends, fused))
+    log(_header(backends, fused, cuda=device == "cuda"))
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]
         for b in rows:
@@ -229,16 +233,30 @@ def run_grid(*, device, backends, rows, vocab, dtypes, dist="randn3", ops=OPS, m
                             stats[impl] = (float("nan"), float("nan"), 0,
                                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                     times = {impl: st[0] for impl, st in stats.items()}
+                    # On CUDA the bandwidth figures come from the kernels' own GPU time (the
+                    # call time also holds the host's launch work, which the GPU waits for).
+                    kernel = {}
+                    if device == "cuda":
+                        for impl, st in stats.items():
+                            kernel[impl] = float("nan")
+                            if not st[3]:
+                                try:
+                                    kernel[impl] = bm.kernel_seconds(case.fn(op, impl))
+                                except Exception:  # a profiler failure leaves the call times standing
+                                    pass
                     for impl, (med, best, runs, error) in stats.items():
+                        dev_t = kernel.get(impl, med)
                         out.append(dict(meta, dtype=dtype_name, B=b, V=v, op=op, impl=impl,
                                         median_us=round(med * 1e6, 3), min_us=round(best * 1e6, 3), runs=runs,
+                                        kernel_us=round(kernel[impl] * 1e6, 3) if impl in kernel else "",
                                         x_torch=round(times["torch"] / med, 3) if "torch" in times else "",
-                                        gbps=round(nbytes / med / 1e9, 3) if reads_logits else "",
+                                        gbps=round(nbytes / dev_t / 1e9, 3) if reads_logits else "",
                                         floor_us=round(floor * 1e6, 3) if reads_logits else "",
                                         floor_gbps=round(nbytes / floor / 1e9, 3) if reads_logits else "",
-                                        pct_floor=float(f"{100 * floor / med:.3g}") if reads_logits else "",
+                                        pct_floor=float(f"{100 * floor / dev_t:.3g}") if reads_logits else "",
                                         error=error))
-                    log(_line(dtype_name, b, v, op, backends, fused, times, floor if reads_logits else None, nbytes))
+                    log(_line(dtype_name, b, v, op, backends, fused, times, floor if reads_logits else None, nbytes,
+                              kernel))
                 if csv_path:
                     write_csv(out, csv_path)
     return out
@@ -254,21 +272,30 @@ def _cpu_isa():
     return _C.isa()
 
 
-def _header(backends, fused):
+def _header(backends, fused, cuda=False):
     cols = "".join(f"{b + ' us':>13}" for b in backends)
+    kern = f"{'kern torch':>11}{'kern fused':>11}{'xk torch':>9}" if cuda and fused else ""
     extra = "".join(f"{'x torch':>9}{'x comp':>8}{'GB/s':>8}{'%floor':>7}" for _ in fused[:1])
-    return f"{'dtype':>8} {'B':>4} {'V':>7} {'op':<18}{cols}{extra}"
+    return f"{'dtype':>8} {'B':>4} {'V':>7} {'op':<18}{cols}{extra}{kern}"
 
 
-def _line(dtype, b, v, op, backends, fused, times, floor, nbytes):
+def _line(dtype, b, v, op, backends, fused, times, floor, nbytes, kernel=None):
+    """Call times per backend; for the fused backend the ratios to torch and torch.compile and,
+    from its kernel time on CUDA (else its call time), GB/s and % of the read floor; on CUDA
+    the kernel times of torch and the fused backend and their ratio."""
     cols = "".join(f"{times[i] * 1e6:>13.1f}" for i in backends)
-    extra = ""
+    extra = kern = ""
     if fused:
         t = times[fused[0]]
+        dev_t = kernel[fused[0]] if kernel else t
         comp = f"{times['compile'] / t:>7.1f}x" if "compile" in times else f"{'-':>8}"
-        gbps = f"{nbytes / t / 1e9:>8.1f}{100 * floor / t:>6.0f}%" if floor else f"{'-':>8}{'-':>7}"
+        gbps = f"{nbytes / dev_t / 1e9:>8.1f}{100 * floor / dev_t:>6.0f}%" if floor else f"{'-':>8}{'-':>7}"
         extra = f"{times['torch'] / t:>8.1f}x{comp}{gbps}"
-    return f"{dtype:>8} {b:>4} {v:>7} {op:<18}{cols}{extra}"
+        if kernel:
+            kt, kf = kernel.get("torch", float("nan")), kernel[fused[0]]
+            ratio = kt / kf if kf > 0 else float("nan")
+            kern = f"{kt * 1e6:>11.1f}{kf * 1e6:>11.1f}{ratio:>8.1f}x"
+    return f"{dtype:>8} {b:>4} {v:>7} {op:<18}{cols}{extra}{kern}"
 
 
 def write_csv(rows, path):
