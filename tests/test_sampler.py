@@ -120,6 +120,24 @@ def _recompute(model, prompt, path, top_k):
 
 
 @pytest.mark.parametrize("policy", ["seed", "paper"])
+def test_paths_carry_thresholds_and_token_logprobs(tiny, policy):
+    """Each path's per-token record: the threshold in force (initial_threshold at step 0,
+    never below theta, exceeded by the entropy wherever the lineage branched) and the
+    token log-probabilities, which add up to the path's log-probability."""
+    cfg = seed_cfg(max_new_tokens=12) if policy == "seed" else paper_cfg(max_new_tokens=12)
+    out = generate(tiny, PROMPTS, cfg)
+    assert _branches(out) > 0
+    for r in out.results:
+        for p in r.paths:
+            assert len(p.thresholds) == len(p.token_logprobs) == p.num_tokens
+            assert p.thresholds[0] == pytest.approx(cfg.initial_threshold)  # the history is empty
+            assert all(x >= cfg.theta - 1e-6 for x in p.thresholds[1:])
+            assert all(p.entropies[t] > p.thresholds[t] for t in p.branch_steps)
+            assert all(lp <= 0 for lp in p.token_logprobs)
+            assert sum(p.token_logprobs) == pytest.approx(p.logprob, abs=1e-3)
+
+
+@pytest.mark.parametrize("policy", ["seed", "paper"])
 def test_cache_reorder_equals_recompute(tiny, policy):
     cfg = seed_cfg(max_new_tokens=12) if policy == "seed" else paper_cfg(max_new_tokens=12)
     out = generate(tiny, PROMPTS, cfg)

@@ -179,6 +179,11 @@ class Path:
     prompt_index: int
     stage: str = "init"  # the budget stage that generated it
     text: Optional[str] = None
+    # per token, as the loop saw it: the branch threshold in force at that step (the row
+    # branched where its entropy exceeded it, while the prompt had room) and the token's
+    # log-probability (raw model distribution, T = 1; they add up to `logprob`)
+    thresholds: list = field(default_factory=list)
+    token_logprobs: list = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
