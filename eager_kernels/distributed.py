@@ -20,14 +20,18 @@ The pipeline (`generate_ray`):
 A finished stage gets a done marker (`_DONE`); a rerun skips finished stages, and in an
 unfinished one skips the prompts already in a part file: nothing done is lost or redone.
 Every path's randomness is keyed by (config.seed, the stage, the prompt's key, its
-lineage), so the result does not depend on the number of workers, the batching or the
-order (up to the last bits of the logits in a padded batch): `generate_ray` gives what
-`generate(model, prompts, config, prompt_keys=keys)` gives in one process.
+lineage), never by its row. With config.batch_invariant the result does not depend on
+the number of workers, the batching or the order, to the last bit: `generate_ray` gives
+what `generate(model, prompts, config, prompt_keys=keys)` gives in one process. Without
+it, a row's logits move with its batch (engines/base.py, "Batch invariance": up to
+tenths of a nat on llama.cpp), and an entropy near the threshold can flip a branch.
 
-`RayEvalRunner` runs the evaluation's methods the same way (`eager-kernels eval --ray`):
-actors hold an Evaluator with the model; the driver writes the records to the same
-results.jsonl (the store is the done marker per prompt) and computes the budget
-allocation from the eager_init records.
+`RayEvalRunner` runs the evaluation's methods the same way (`eager-kernels eval --ray`,
+batch-invariant by default there): actors hold an Evaluator with the model; the driver
+writes the records to the same results.jsonl (the store is the done marker per prompt)
+and computes the budget allocation from the eager_init records. In the default mode its
+actor calls are the in-process run's calls (batch_size prompts; the budget stages grouped
+as Evaluator.budget_calls), so the records equal the in-process run's.
 """
 from __future__ import annotations
 
@@ -327,8 +331,13 @@ class RayEvalRunner:
         self.ev, self.factory = evaluator, model_factory
         self.workers, self.num_cpus, self.num_gpus, self.threads = workers, num_cpus, num_gpus, threads
         _pool(workers)
-        # prompts per actor call: enough calls to keep every worker busy
-        self.chunk = chunk or max(1, min(evaluator.cfg.batch_size, -(-len(evaluator.tasks) // (2 * workers))))
+        # Prompts per actor call. Batch-invariant: enough calls to keep every worker busy (a
+        # record does not depend on its batch). Default mode: the batch size, and the budget
+        # stages in the in-process calls (Evaluator.budget_calls), so that the records equal
+        # the in-process run's of the same batch size.
+        self.invariant = bool(evaluator.cfg.batch_invariant)
+        balanced = max(1, min(evaluator.cfg.batch_size, -(-len(evaluator.tasks) // (2 * workers))))
+        self.chunk = chunk or (balanced if self.invariant else evaluator.cfg.batch_size)
         self.timings = []
 
     def _specs(self, method: str, theta, extras=None) -> list:
@@ -338,9 +347,13 @@ class RayEvalRunner:
         ev = self.ev
         lab, init_lab = label(method, theta), label("eager_init", theta)
         pending = ev._pending(lab)
+        if extras is not None and not self.invariant:
+            chunks = [[t.id for t in chunk] for _, chunk in ev.budget_calls(pending, extras)]
+            chunks += [[t.id for t in pending if extras[t.id] == 0]]
+        else:
+            chunks = [[t.id for t in pending[i: i + self.chunk]] for i in range(0, len(pending), self.chunk)]
         specs = []
-        for i in range(0, len(pending), self.chunk):
-            ids = [t.id for t in pending[i: i + self.chunk]]
+        for ids in filter(None, chunks):
             init = [ev.store.get(ev.key(init_lab, j)) for j in ids] if extras is not None else []
             specs.append({"spec": json.dumps(dict(ids=ids, method=method, theta=theta, label=lab, extras=extras,
                                                   init=init))})

@@ -164,3 +164,85 @@ def test_device_mix_equals_host_formula():
     child = K.child_keys(parent, 3, torch.tensor([0, 1, 1]))
     assert child[0] == 5 and child[1] == K.mix_int(5, 3 * 2**16 + 1) and child[1] != child[2]
     assert K.stage_key(0, "init") != K.stage_key(0, "adapt") != K.stage_key(1, "adapt")
+
+
+# ---------------------------------------------------------------------------------------
+# The batch-invariant mode (EagerConfig(batch_invariant=True); engines/base.py)
+# ---------------------------------------------------------------------------------------
+
+
+def _bits(result):
+    return [(p.token_ids, p.branch_steps, p.finished, p.stage, p.logprob, p.entropies) for p in result.paths]
+
+
+@pytest.mark.parametrize("policy", ["paper", "seed"])
+def test_invariant_mode_to_the_last_bit(tiny, policy):
+    """Every prompt's tree equals its tree alone, floats compared with ==."""
+    cfg = _cfg(policy, "torch", batch_invariant=True)
+    full = generate(tiny, [A, B, C], cfg, prompt_keys=[0, 1, 2])
+    assert sum(r.branch_events for r in full.results) > 0
+    for i, (p, key) in enumerate(zip([A, B, C], [0, 1, 2])):
+        alone = generate(tiny, [p], cfg, prompt_keys=[key])
+        assert _bits(alone.results[0]) == _bits(full.results[i]), i
+
+
+def test_invariant_budget_stage_to_the_last_bit(tiny):
+    """A budget stage (its caps given, as the allocation hands them out): a prompt's extra
+    tree equals the stage run on that prompt alone."""
+    from eager_kernels.sampler import generate_stage
+
+    cfg = _cfg("paper", "torch", batch_invariant=True)
+    full = generate_stage(tiny, [A, B, C], cfg, stage="adapt", caps=[2, 4, 3], prompt_keys=[0, 1, 2])
+    alone = generate_stage(tiny, [B], cfg, stage="adapt", caps=[4], prompt_keys=[1])
+    assert full.results[1].branch_events > 0
+    assert _bits(alone.results[0]) == _bits(full.results[1])
+    assert all(p.stage == "adapt" for p in alone.results[0].paths)
+
+
+class _CountingEngine:
+    """A TransformersEngine that records the prompts of each prefill."""
+
+    def __new__(cls, model, invariant):
+        from eager_kernels.engines import TransformersEngine
+
+        class Counting(TransformersEngine):
+            batch_invariant = invariant
+            calls = []
+
+            def prefill(self, prompts, **kw):
+                self.calls.append(len(prompts))
+                return super().prefill(prompts, **kw)
+
+        return Counting(model)
+
+
+@pytest.mark.parametrize("engine_invariant", [False, True])
+def test_invariant_mode_splits_only_when_the_engine_needs_it(tiny, engine_invariant):
+    """On an engine that is not batch-invariant the mode runs one prefill per prompt; on one
+    that is (engine.batch_invariant = True) it keeps the prompts in one batch."""
+    from eager_kernels.sampler.generate import isolates_prompts
+
+    engine = _CountingEngine(tiny, engine_invariant)
+    cfg = _cfg("paper", "torch", batch_invariant=True)
+    assert isolates_prompts(engine, cfg) is (not engine_invariant)
+    assert not isolates_prompts(engine, cfg.replace(batch_invariant=False))
+    generate(engine, [A, B, C], cfg)
+    assert engine.calls == ([3] if engine_invariant else [1, 1, 1])
+    engine.calls.clear()
+    generate(engine, [A, B, C], cfg.replace(batch_invariant=False))
+    assert engine.calls == [3]
+
+
+def test_engine_states_batch_invariance(tiny):
+    from eager_kernels.engines import TransformersEngine
+
+    engine = TransformersEngine(tiny)
+    assert engine.batch_invariant is False
+    assert isinstance(engine.batch_deviation, float) and engine.batch_deviation > 0
+
+
+def test_batch_invariant_errors(tiny):
+    with pytest.raises(ValueError, match="batch_invariant: expected True or False, got 'yes'"):
+        EagerConfig(batch_invariant="yes")
+    with pytest.raises(ValueError, match="batch_invariant"):
+        _cfg("paper", "torch", batch_invariant=1)

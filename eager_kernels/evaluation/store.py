@@ -3,10 +3,12 @@ run resumes where it stopped.
 
 Every record carries `key` = "<run hash>/<method label>/<prompt id>". The run hash covers
 everything that changes the numbers (model, suite seed and size, the prompts' token ids, M,
-max_new_tokens, temperature, q, seed, batch size; theta is part of the method label), so records of another
-configuration in the same file are never reused. Records of one generate() call are written
-with a single write() and flushed and fsynced before the next call starts; a torn last line
-(the process killed mid-write) is ignored on load and recomputed.
+max_new_tokens, temperature, q, seed, and the batch size unless the run is batch-invariant;
+theta is part of the method label), so records of another configuration in the same file
+are never reused; run_eval refuses to continue a default-mode run with another batch size
+(Evaluator.batch_conflict). Records of one generate() call are written with a single
+write() and flushed and fsynced before the next call starts; a torn last line (the process
+killed mid-write) is ignored on load and recomputed.
 """
 from __future__ import annotations
 
