@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.eager-kernels-installed
 # subproject there) and forces curl off and the small `common` library on.
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-.PHONY: install test test-full test-vllm demo bench bench-decode docs clean
+.PHONY: install test test-full test-vllm demo browser bench bench-decode docs clean
 
 # The documentation site needs only these (the `docs` extra of pyproject.toml; mkdocstrings
 # reads the docstrings from the source, so the package itself need not be installed).
@@ -38,12 +38,19 @@ test: $(STAMP)
 
 # Everything: the fast suite, the slow tests, and the pytest-benchmark suite run once
 # without timing (--benchmark-disable: a check that it runs, no figures).
-test-full: $(STAMP)
+test-full: $(STAMP) browser
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --benchmark-disable benchmarks/test_bench_ops.py
 
 demo: $(STAMP)
 	$(PY) -m eager_kernels demo
+
+# A headless Chromium for tests/test_viz.py's browser test (Debian's package, as root);
+# without one that test skips with the reason.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+	  echo "make browser: could not install chromium; the browser test will skip"
 
 # The documentation site (mkdocs.yml, docs/) into site/; any warning fails the build.
 $(DOCS_STAMP): pyproject.toml

@@ -110,6 +110,10 @@ def cmd_generate(args) -> int:
         overrides["batch_invariant"] = True
     cfg = EagerConfig(policy=args.policy, **overrides)  # bad values fail here, before the model loads
     _check_backend_here(cfg.backend)
+    if getattr(args, "plot", None):
+        from .errors import require
+
+        require("matplotlib", extra="bench", purpose="--plot")
     engine = resolve(getattr(args, "engine", "auto"), model_dir=args.model)
     gguf = getattr(args, "gguf", None)
     if engine == "llamacpp":
@@ -134,6 +138,12 @@ def cmd_generate(args) -> int:
                              "paths": [p.__dict__ for p in r.paths]} for r in out.results]}
         FsPath(args.json).write_text(json.dumps(data, indent=1))
         print(f"wrote {args.json}")
+    if getattr(args, "html", None):
+        out.to_html(args.html, title=f"EAGer tree: {name}")
+        print(f"wrote {args.html}")
+    if getattr(args, "plot", None):
+        out.plot(args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -193,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as is")
     g.add_argument("--show", type=int, default=12, help="paths to print per prompt")
     g.add_argument("--json", default=None, help="also write all paths and metrics to this file")
+    g.add_argument("--html", default=None, help="also write the tree as a self-contained HTML page to this file")
+    g.add_argument("--plot", default=None, help="also plot entropy along each path to this image file (matplotlib)")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads of torch and llama.cpp (1 is often faster on a machine shared with other jobs)")
     g.add_argument("--progress", dest="progress", action="store_true", default=None)

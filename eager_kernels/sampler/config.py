@@ -237,3 +237,20 @@ class EagerOutput:
     results: list  # one PromptResult per prompt
     metrics: Metrics
     config: EagerConfig = field(repr=False, default=None)
+    prompt_ids: Optional[list] = field(repr=False, default=None)  # each prompt's token ids
+    tokenizer: object = field(repr=False, default=None)  # the one generate() used, if any
+
+    def to_html(self, path=None, *, title: Optional[str] = None) -> str:
+        """The tree of every prompt as one self-contained HTML page (eager_kernels.viz.to_html):
+        tokens coloured by entropy, branch points, thresholds, the answer path. Written to
+        `path` when given; the page is returned either way."""
+        from ..viz import to_html
+
+        return to_html(self, path, title=title)
+
+    def plot(self, path, **kwargs):
+        """Entropy along each path against position, branch points and the threshold, one
+        panel per prompt, as an image file (eager_kernels.viz.plot_entropy; matplotlib)."""
+        from ..viz import plot_entropy
+
+        return plot_entropy(self, path, **kwargs)

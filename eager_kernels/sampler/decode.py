@@ -149,7 +149,9 @@ def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eo
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=T, desc="eager decode", unit="tok", leave=False)
+        # the bar counts decode steps; generated tokens (every row's, each step) go in its postfix
+        bar = tqdm(total=T, desc="eager decode", unit="step", leave=False)
+    tokens_before = metrics.tokens_generated
     t0 = time.perf_counter()
     for t in range(T):
         agrp = grp[:R]
@@ -241,7 +243,8 @@ def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eo
         R, N = n_act, n_act + n_fin
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(rows=R)
+            made = metrics.tokens_generated - tokens_before
+            bar.set_postfix_str(f"rows={R}, {made} tokens, {made / max(time.perf_counter() - t0, 1e-9):.0f} tokens/s")
         if R == 0:
             break
         peak = torch.maximum(peak, _group_count(grp[:R], G))

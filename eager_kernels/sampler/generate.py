@@ -168,7 +168,7 @@ def generate_stage(model, inputs, config: EagerConfig, *, stage: str, caps: Sequ
     results = [PromptResult(paths=p, answer=_best(p), branch_events=events[i]) for i, p in enumerate(all_paths)]
     metrics.paths_per_prompt = [len(p) for p in all_paths]
     metrics.max_active_per_prompt = peaks
-    return EagerOutput(results=results, metrics=metrics, config=cfg)
+    return EagerOutput(results=results, metrics=metrics, config=cfg, prompt_ids=prompts, tokenizer=tokenizer)
 
 
 def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional[EagerConfig] = None, *,
@@ -234,4 +234,4 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
         results.append(PromptResult(paths=paths, answer=_best(paths), branch_events=events[i]))
     metrics.paths_per_prompt = [len(p) for p in all_paths]
     metrics.max_active_per_prompt = peaks
-    return EagerOutput(results=results, metrics=metrics, config=cfg)
+    return EagerOutput(results=results, metrics=metrics, config=cfg, prompt_ids=prompts, tokenizer=tokenizer)

@@ -1,0 +1,161 @@
+"""The tree's pictures: the HTML page (structure checked from the paths themselves, then
+rendered in a real headless Chromium), the entropy plot and the CLI's --html / --plot."""
+import html.parser
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("transformers")
+
+from eager_kernels import EagerConfig, generate, viz  # noqa: E402
+
+from conftest import make_tiny_llama  # noqa: E402
+
+PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 20, 21], [1, 30, 31, 32]]
+
+
+@pytest.fixture(scope="module")
+def result():
+    torch.set_num_threads(1)
+    model = make_tiny_llama(160, 3, head_scale=25.0, silence_eos=True)
+    out = generate(model, PROMPTS, EagerConfig.paper(max_new_tokens=12, max_paths_per_prompt=4, backend="torch"))
+    assert out.metrics.branch_events > 0
+    return out
+
+
+def splits_from_paths(paths) -> int:
+    """Branch points counted without the page's trie: prefixes followed by several distinct tokens."""
+    nexts = {}
+    for p in paths:
+        for t in range(len(p.token_ids)):
+            nexts.setdefault(tuple(p.token_ids[:t]), set()).add(p.token_ids[t])
+    return sum(1 for s in nexts.values() if len(s) > 1)
+
+
+class _Collect(html.parser.HTMLParser):
+    """Elements by class, with their attributes, from a page or a dumped DOM."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_class = {}
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for c in (a.get("class") or "").split():
+            self.by_class.setdefault(c, []).append(a)
+
+
+def parse(doc: str) -> dict:
+    p = _Collect()
+    p.feed(doc)
+    return p.by_class
+
+
+def test_page_structure_matches_the_paths(result, tmp_path):
+    doc = result.to_html(tmp_path / "tree.html", title="tiny")
+    assert (tmp_path / "tree.html").read_text(encoding="utf-8") == doc
+    els = parse(doc)
+    n_paths = sum(len(r.paths) for r in result.results)
+    assert len(els["leaf"]) == n_paths
+    assert len(els["answer"]) == len(result.results)  # one starred answer per prompt
+    assert len(els["fork"]) == sum(splits_from_paths(r.paths) for r in result.results)
+    # every token once per tree node: the number of distinct prefixes (+1 for the legend's sample)
+    nodes = sum(len({tuple(p.token_ids[: t + 1]) for p in r.paths for t in range(p.num_tokens)})
+                for r in result.results)
+    assert len(els["tok"]) == nodes + 1
+    for tok in els["tok"][1:]:
+        assert tok["title"].startswith("entropy ") and "threshold" in tok["title"] and "step" in tok["title"]
+    for fork in els["fork"]:
+        assert "children:" in fork["title"] and " p " in fork["title"]
+    # self-contained: nothing fetched from anywhere
+    assert not re.search(r"""(src|href)\s*=|<link|@import|url\(""", doc)
+
+
+def test_colour_scale_and_hot_tokens(result):
+    assert viz.entropy_color(0.0, 4.0) == "#ffffcc" and viz.entropy_color(4.0, 4.0) == "#800026"
+    assert viz.entropy_color(9.0, 4.0) == "#800026"  # clamped
+    doc = result.to_html()
+    hot = sum(1 for r in result.results for p in r.paths for t in p.branch_steps)
+    assert hot > 0 and doc.count('class="tok hot"') > 0  # branch tokens sit above the threshold
+
+
+def test_page_with_a_tokenizer_shows_text(result):
+    class Tok:
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(f"<t{i}>" if i % 2 else f" w{i}\n" for i in ids)
+
+    doc = viz.to_html(result, tokenizer=Tok(), prompts=["a <b>", "c", "d"])
+    assert "&lt;t" in doc and "⏎" in doc and "a &lt;b&gt;" in doc  # escaped, newlines shown
+
+
+def test_plot_writes_an_image(result, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = result.plot(tmp_path / "entropy.png")
+    assert (tmp_path / "entropy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out == tmp_path / "entropy.png"
+
+
+def test_cli_generate_html_and_plot(result, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    import eager_kernels.__main__ as cli
+
+    model = make_tiny_llama(160, 3, head_scale=25.0, silence_eos=True)
+
+    class Tok:
+        chat_template = None
+        eos_token_id = 3
+
+        def encode(self, text, add_special_tokens=False):
+            return [5 + (ord(c) % 100) for c in text][:6]
+
+        def __call__(self, text):
+            return {"input_ids": [1] + self.encode(text)}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    monkeypatch.setattr(cli, "_load", lambda model_dir: (model, Tok(), "tiny (test)", 0.0))
+    page, image = tmp_path / "t.html", tmp_path / "t.png"
+    assert cli.main(["generate", "hello", "--policy", "paper", "--max-new-tokens", "6", "--max-paths", "3",
+                     "--backend", "torch", "--engine", "transformers", "--html", str(page), "--plot", str(image)]) == 0
+    assert f"wrote {page}" in capsys.readouterr().out
+    assert parse(page.read_text(encoding="utf-8"))["leaf"] and image.stat().st_size > 1000
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium (Debian: apt-get install -y chromium)")
+def test_page_renders_in_chromium(result, tmp_path):
+    """The page in a real browser: its DOM after the scripts ran has every path, branch
+    mark and hover text, and opening it as #path=N lights exactly path N's tokens."""
+    page = tmp_path / "tree.html"
+    result.to_html(page)
+    first = result.results[0]
+    target = next(i for i, p in enumerate(first.paths) if p.branch_steps)
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--virtual-time-budget=2000", "--dump-dom", f"{page.as_uri()}#path={target}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    els = parse(run.stdout)
+    assert len(els["leaf"]) == sum(len(r.paths) for r in result.results)
+    assert len(els["fork"]) == sum(splits_from_paths(r.paths) for r in result.results)
+    assert all(t.get("title") for t in els["tok"][1:])
+    # lit: path `target`'s tokens in every prompt that has such a path
+    expected = sum(r.paths[target].num_tokens for r in result.results if target < len(r.paths))
+    assert len(els.get("on", [])) == expected
+    shot = tmp_path / "tree.png"
+    run = subprocess.run(cmd[:-2] + ["--window-size=1100,800", f"--screenshot={shot}", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and shot.read_bytes()[:4] == b"\x89PNG"
