@@ -212,6 +212,11 @@ class VllmEngine(Engine):
 
     kv_copies = 1  # paged, allocated once; forks share the parent's full blocks
     name = "vllm"
+    # A row's logits move in the last bits with the batch (vLLM's CPU kernels; a fork's tail
+    # is recomputed in a prefill batched with other rows' decodes). vLLM's own
+    # VLLM_BATCH_INVARIANT kernels (GPU) are not verified here, so False there too.
+    batch_invariant = False
+    batch_deviation = None
 
     def __init__(self, model_or_llm, *, tokenizer=None, **engine_args):
         vllm = import_vllm()
@@ -433,6 +438,10 @@ class VllmEngine(Engine):
             # Aborted requests leave the batch at the next step; none is scheduled.
             while self._engine.has_unfinished_requests():
                 self._engine.step()
+            # Nothing of this stage is seen by a later prefill (the batch-invariant mode
+            # relies on it: a prompt's blocks are computed in its own call, whatever ran
+            # before).
+            self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         """Release the stage and forget the engine's channel (the LLM itself is the caller's)."""
