@@ -58,41 +58,33 @@ def parse(doc: str) -> dict:
     return p.by_class
 
 
-def test_page_structure_matches_the_paths(result, tmp_path):
-    doc = result.to_html(tmp_path / "tree.html", title="tiny")
-    assert (tmp_path / "tree.html").read_text(encoding="utf-8") == doc
-    els = parse(doc)
-    n_paths = sum(len(r.paths) for r in result.results)
-    assert len(els["leaf"]) == n_paths
-    assert len(els["answer"]) == len(result.results)  # one starred answer per prompt
-    assert len(els["fork"]) == sum(splits_from_paths(r.paths) for r in result.results)
-    # every token once per tree node: the number of distinct prefixes (+1 for the legend's sample)
-    nodes = sum(len({tuple(p.token_ids[: t + 1]) for p in r.paths for t in range(p.num_tokens)})
-                for r in result.results)
-    assert len(els["tok"]) == nodes + 1
-    for tok in els["tok"][1:]:
-        assert tok["title"].startswith("entropy ") and "threshold" in tok["title"] and "step" in tok["title"]
-    for fork in els["fork"]:
-        assert "children:" in fork["title"] and " p " in fork["title"]
-    # self-contained: nothing fetched from anywhere
-    assert not re.search(r"""(src|href)\s*=|<link|@import|url\(""", doc)
+def test_view_data_matches_the_paths(result):
+    data = viz.view_data(result, title="tiny")
+    assert data["title"] == "tiny" and "policy paper" in data["config"] and data["ramp"][0] == [255, 255, 204]
+    assert len(data["prompts"]) == len(PROMPTS)
+    for r, pr in zip(result.results, data["prompts"]):
+        assert len(pr["paths"]) == len(r.paths) and r.paths[pr["answer"]] is r.answer
+        for p, q in zip(r.paths, pr["paths"]):
+            n = p.num_tokens
+            assert q["token_ids"] == p.token_ids and len(q["tokens"]) == n
+            assert all(len(q[k]) == n for k in ("entropies", "thresholds", "token_logprobs"))
+            assert q["branch_steps"] == p.branch_steps and q["finished"] == p.finished
+            assert q["score"] == pytest.approx(p.score, abs=1e-4)
+        assert all(t.startswith("[") for q in pr["paths"] for t in q["tokens"])  # no tokenizer: ids
 
 
-def test_colour_scale_and_hot_tokens(result):
-    assert viz.entropy_color(0.0, 4.0) == "#ffffcc" and viz.entropy_color(4.0, 4.0) == "#800026"
-    assert viz.entropy_color(9.0, 4.0) == "#800026"  # clamped
-    doc = result.to_html()
-    hot = sum(1 for r in result.results for p in r.paths for t in p.branch_steps)
-    assert hot > 0 and doc.count('class="tok hot"') > 0  # branch tokens sit above the threshold
-
-
-def test_page_with_a_tokenizer_shows_text(result):
+def test_page_is_self_contained_and_escapes(result, tmp_path):
     class Tok:
         def decode(self, ids, skip_special_tokens=False):
-            return "".join(f"<t{i}>" if i % 2 else f" w{i}\n" for i in ids)
+            return "".join("</script><b>" if i % 2 else f" w{i}\n" for i in ids)
 
-    doc = viz.to_html(result, tokenizer=Tok(), prompts=["a <b>", "c", "d"])
-    assert "&lt;t" in doc and "⏎" in doc and "a &lt;b&gt;" in doc  # escaped, newlines shown
+    doc = viz.to_html(result, tmp_path / "tree.html", tokenizer=Tok(), prompts=["a <b>", "c", "d"])
+    assert (tmp_path / "tree.html").read_text(encoding="utf-8") == doc
+    assert doc.count("</script>") == 1  # the data cannot close the script element
+    assert "renderEager(" in doc and "\\\\u23ce" in doc  # the data as JSON: newlines shown as ⏎
+    assert not re.search(r"""(src|href)\s*=|<link|@import|url\(""", doc)  # nothing fetched from anywhere
+    assert viz.entropy_color(0.0, 4.0) == "#ffffcc" and viz.entropy_color(4.0, 4.0) == "#800026"
+    assert viz.entropy_color(9.0, 4.0) == "#800026"  # clamped
 
 
 def test_plot_writes_an_image(result, tmp_path):
@@ -125,7 +117,8 @@ def test_cli_generate_html_and_plot(result, tmp_path, monkeypatch, capsys):
     assert cli.main(["generate", "hello", "--policy", "paper", "--max-new-tokens", "6", "--max-paths", "3",
                      "--backend", "torch", "--engine", "transformers", "--html", str(page), "--plot", str(image)]) == 0
     assert f"wrote {page}" in capsys.readouterr().out
-    assert parse(page.read_text(encoding="utf-8"))["leaf"] and image.stat().st_size > 1000
+    doc = page.read_text(encoding="utf-8")
+    assert "renderEager(" in doc and "tiny (test)" in doc and image.stat().st_size > 1000
 
 
 def _chromium():
@@ -136,26 +129,62 @@ def _chromium():
     return None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium (Debian: apt-get install -y chromium)")
+def _dump_dom(url: str) -> str:
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--virtual-time-budget=2000", "--dump-dom", url]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
+def screenshot(url: str, png, size="1100,800") -> None:
+    """A PNG of the page at `url` by headless Chromium."""
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+           "--virtual-time-budget=3000", f"--window-size={size}", f"--screenshot={png}", url]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and open(png, "rb").read(4) == b"\x89PNG", run.stderr[-2000:]
+
+
+NEEDS_CHROMIUM = pytest.mark.skipif(_chromium() is None,
+                                    reason="no headless Chromium (Debian: apt-get install -y chromium; make browser)")
+
+
+@NEEDS_CHROMIUM
 def test_page_renders_in_chromium(result, tmp_path):
-    """The page in a real browser: its DOM after the scripts ran has every path, branch
-    mark and hover text, and opening it as #path=N lights exactly path N's tokens."""
+    """The page in a real browser: the DOM after the renderer ran has every path, one mark
+    per split, one token per tree node with its hover text, and opening it as #path=N
+    lights exactly path N's tokens."""
     page = tmp_path / "tree.html"
     result.to_html(page)
     first = result.results[0]
     target = next(i for i, p in enumerate(first.paths) if p.branch_steps)
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           "--virtual-time-budget=2000", "--dump-dom", f"{page.as_uri()}#path={target}"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    els = parse(run.stdout)
+    els = parse(_dump_dom(f"{page.as_uri()}#path={target}"))
     assert len(els["leaf"]) == sum(len(r.paths) for r in result.results)
+    assert len(els["answer"]) == len(result.results)  # one starred answer per prompt
     assert len(els["fork"]) == sum(splits_from_paths(r.paths) for r in result.results)
-    assert all(t.get("title") for t in els["tok"][1:])
+    nodes = sum(len({tuple(p.token_ids[: t + 1]) for p in r.paths for t in range(p.num_tokens)})
+                for r in result.results)
+    assert len(els["tok"]) == nodes
+    for tok in els["tok"]:
+        assert tok["title"].startswith("entropy ") and "threshold" in tok["title"] and "step" in tok["title"]
+    for fork in els["fork"]:
+        assert "children:" in fork["title"] and " p " in fork["title"]
+    assert len(els.get("hot", [])) >= 1  # the branch tokens sat above the threshold
     # lit: path `target`'s tokens in every prompt that has such a path
     expected = sum(r.paths[target].num_tokens for r in result.results if target < len(r.paths))
     assert len(els.get("on", [])) == expected
-    shot = tmp_path / "tree.png"
-    run = subprocess.run(cmd[:-2] + ["--window-size=1100,800", f"--screenshot={shot}", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and shot.read_bytes()[:4] == b"\x89PNG"
+    screenshot(page.as_uri(), tmp_path / "tree.png")
+
+
+@NEEDS_CHROMIUM
+def test_page_shows_hostile_text_as_text(result, tmp_path):
+    class Tok:
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join("</script><b>x</b>" if i % 2 else f" w{i}" for i in ids)
+
+    page = tmp_path / "tree.html"
+    viz.to_html(result, page, tokenizer=Tok(), prompts=["<i>p</i>", "c", "d"])
+    dom = _dump_dom(page.as_uri())
+    els = parse(dom)
+    assert len(els["leaf"]) == sum(len(r.paths) for r in result.results)  # the page still renders
+    assert "&lt;/script&gt;&lt;b&gt;x&lt;/b&gt;" in dom and "&lt;i&gt;p&lt;/i&gt;" in dom
