@@ -1,0 +1,187 @@
+"""The FastAPI application of `eager-kernels serve`: a thin HTTP layer over the batcher.
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
+GET /metrics (Prometheus text). Every error is {"error": {"message", "type", "param",
+"code"}} with its HTTP status (400 bad request, 401 no or wrong API key, 404 unknown model
+or route, 429 queue full with Retry-After, 503 shutting down, 500 a failure of the call).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .batcher import Batcher, QueueFull
+from .protocol import APIError, Settings, build, parse, stream_chunks
+
+
+class ServeMetrics:
+    """The Prometheus series, in a registry of their own (several apps in one process stay apart)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("eager_serve_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                                registry=r)
+        self.prompt_tokens = Counter("eager_serve_prompt_tokens", "prompt tokens of the answered requests",
+                                     registry=r)
+        self.generated_tokens = Counter("eager_serve_generated_tokens",
+                                        "tokens generated on every path of the answered requests", registry=r)
+        self.paths = Counter("eager_serve_paths", "paths explored for the answered requests", registry=r)
+        self.branch_events = Counter("eager_serve_branch_events", "branch events of the answered requests",
+                                     registry=r)
+        self.dropped = Counter("eager_serve_dropped", "requests dropped because their client disconnected",
+                               registry=r)
+        self.queue_depth = Gauge("eager_serve_queue_depth", "requests waiting for the worker", registry=r)
+        self.running = Gauge("eager_serve_running", "requests in the generate() call under way", registry=r)
+        self.batch_prompts = Histogram("eager_serve_batch_prompts", "prompts per generate() call",
+                                       buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.batch_seconds = Histogram("eager_serve_batch_seconds", "seconds per generate() call", registry=r,
+                                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.latency = Histogram("eager_serve_request_latency_seconds", "request latency (answered requests)",
+                                 registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class State:
+    """What the signal handler and the endpoints share."""
+
+    def __init__(self):
+        self.draining = False
+        self.in_flight = 0
+        self.lock = threading.Lock()
+
+
+def create_app(engine, tokenizer, settings: Settings, *, api_key=None, max_queue=64, window_s=0.01,
+               max_batch=16, max_batch_rows=256, state: State = None, poll_s: float = 0.1):
+    """The ASGI app serving `engine` (its worker thread starts now)."""
+    metrics = ServeMetrics()
+    state = state or State()
+    batcher = Batcher(engine, tokenizer, window_s=window_s, max_prompts=max_batch, max_rows=max_batch_rows,
+                      max_queue=max_queue, metrics=metrics)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.stop()  # after uvicorn's graceful shutdown: no request is left
+
+    app = FastAPI(title="eager-kernels", description="EAGer entropy-aware generation, OpenAI-compatible",
+                  lifespan=lifespan)
+    app.state.batcher, app.state.metrics, app.state.serve = batcher, metrics, state
+
+    def error(e: APIError, endpoint: str):
+        metrics.requests.labels(endpoint, str(e.status)).inc()
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):  # unknown routes and methods, OpenAI-style too
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                              code=code), "other")
+
+    def check_key(request: Request):
+        if api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        if auth != f"Bearer {api_key}":
+            raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def wait(job, request: Request):
+        """The job's results, or None when the client went away first (the job is then dropped)."""
+        fut = asyncio.wrap_future(job.future)
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=poll_s)
+            if done:
+                return fut.result()
+            if await request.is_disconnected():
+                batcher.cancel(job)
+                return None
+
+    async def complete(request: Request, kind: str, endpoint: str):
+        with state.lock:
+            state.in_flight += 1
+        try:
+            if state.draining:
+                raise APIError(503, "the server is shutting down", type="service_unavailable",
+                               code="shutting_down", headers={"Retry-After": "5", "Connection": "close"})
+            check_key(request)
+            raw = await request.body()
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json")
+            req = parse(body, kind, tokenizer, settings)
+            t0 = time.perf_counter()
+            try:
+                job = batcher.submit(req)
+            except QueueFull:
+                raise APIError(429, f"the server's queue is full ({batcher.max_queue} requests waiting); retry "
+                               "later", type="rate_limit_exceeded", code="queue_full", headers={"Retry-After": "1"})
+            results = await wait(job, request)
+            if results is None:
+                metrics.requests.labels(endpoint, "499").inc()
+                return Response(status_code=499)
+            out = build(req, results, settings)
+            u, e = out["usage"], out["eager"]
+            metrics.prompt_tokens.inc(u["prompt_tokens"])
+            metrics.generated_tokens.inc(u["completion_tokens"])
+            metrics.paths.inc(e["paths_explored"])
+            metrics.branch_events.inc(e["branch_events"])
+            metrics.latency.observe(time.perf_counter() - t0)
+            metrics.requests.labels(endpoint, "200").inc()
+            if not req.stream:
+                return JSONResponse(out)
+            chunks = stream_chunks(req, out)
+
+            async def sse():
+                for c in chunks:
+                    yield f"data: {json.dumps(c)}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(sse(), media_type="text/event-stream")
+        except APIError as e:
+            return error(e, endpoint)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await complete(request, "completion", "/v1/completions")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await complete(request, "chat", "/v1/chat/completions")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        try:
+            check_key(request)
+        except APIError as e:
+            return error(e, "/v1/models")
+        metrics.requests.labels("/v1/models", "200").inc()
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
+                                            "owned_by": "eager-kernels", "max_model_len": settings.context}]}
+
+    @app.get("/health")
+    async def health():
+        if state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
