@@ -6,6 +6,7 @@
     bench     the kernel benchmark grid (every op, every backend here); --decode: the
               end-to-end decode comparison on the default model
     eval      greedy / parallel / EAGer variants on the built-in task suite
+    serve     an OpenAI-compatible HTTP server (docs/serving.md; the `serve` extra)
 
 The package's own errors (a bad option value, a missing file or optional extra, a KV cache
 that does not fit) print as one line, `eager-kernels <command>: error: <message>`, with
@@ -173,6 +174,12 @@ def cmd_eval(args) -> int:
     return eval_main(list(args.rest)) or 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import main as serve_main
+
+    return serve_main(list(args.rest)) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eager-kernels", description="Entropy-aware (EAGer) generation with fused kernels.",
@@ -228,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "(eager-kernels eval --help)")
     e.add_argument("rest", nargs=argparse.REMAINDER)
     e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("serve", add_help=False,
+                       help="an OpenAI-compatible HTTP server (eager-kernels serve --help; docs/serving.md)")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -245,9 +257,9 @@ def _debug_requested(argv: list) -> bool:
 
 
 def _run(argv: list) -> int:
-    if argv[:1] in (["eval"], ["bench"]):
+    if argv[:1] in (["eval"], ["bench"], ["serve"]):
         # their own parsers take every option (argparse.REMAINDER drops a leading --help)
-        return {"eval": cmd_eval, "bench": cmd_bench}[argv[0]](argparse.Namespace(rest=argv[1:]))
+        return {"eval": cmd_eval, "bench": cmd_bench, "serve": cmd_serve}[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 
