@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,gguf,eval,ray]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,gguf,eval,ray,serve]"
 	# The llama.cpp engine (extra `llamacpp`): pip builds llama.cpp from source, once (about
 	# 6-7 min on 2 cores; pip's wheel cache makes later installs fast).
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q "llama-cpp-python>=0.3.36,<0.4" jinja2
