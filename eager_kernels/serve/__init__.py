@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batch-invariant", dest="batch_invariant", action="store_false",
                    help="let prompts of a batch share engine calls even on an engine that is not batch-invariant "
                         "(faster; a response may then move in the last bits with its batch)")
-    p.add_argument("--kv-layout", choices=sorted(KV_LAYOUTS), default="streams",
-                   help="llama.cpp KV layout (default streams: one stream per row, batch-invariant, so a batch "
-                        "runs as one; unified / auto: see docs/serving.md)")
+    p.add_argument("--kv-layout", choices=sorted(KV_LAYOUTS), default="auto",
+                   help="llama.cpp KV layout (default auto: the engine's choice, one shared cache up to 4 prompts "
+                        "per call; unified; streams: one KV stream per row); docs/serving.md")
     p.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of torch and llama.cpp")
     p.add_argument("--drain-timeout", type=float, default=60.0,
