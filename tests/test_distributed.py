@@ -236,3 +236,40 @@ def test_cli_ray_options():
     b = build_parser().parse_args(["--ray", "auto", "--worker-gpus", "1"])
     assert b.ray == "auto" and b.worker_gpus == 1.0
     assert build_parser().parse_args([]).ray is None
+
+
+# ---------------------------------------------------------------------------------------
+# Batch invariance: the evaluation command of docs/reproducibility.md on every engine
+# ---------------------------------------------------------------------------------------
+
+ISSUE_EVAL = ["--prompts", "6", "--max-paths", "4", "--max-new-tokens", "12", "--theta", "1.0",
+              "--methods", "eager_init,eager_adapt,parallel", "--no-plot", "--no-progress", "--threads", "1"]
+
+
+def _eval_records(folder):
+    recs = [json.loads(x) for x in open(folder / "results.jsonl")]
+    return {r["key"]: {k: v for k, v in r.items() if k != "batches"} for r in recs}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["llamacpp", "transformers"])
+def test_eval_batch_invariant_any_batching(ray_session, tmp_path, engine, capsys):
+    """eval --batch-invariant on the default model: batch sizes 4 and 2 in process and batch
+    size 2 on Ray with 2 workers write identical records (floats to the last bit; the
+    batches field aside: call ids and wall times)."""
+    if engine == "llamacpp":
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the `llamacpp` extra)")
+    from eager_kernels.evaluation.cli import main
+    from eager_kernels.models import default_model_available
+
+    if engine == "transformers" and not default_model_available():
+        pytest.skip("the default model is not installed")
+    runs = {"bs4": ["--batch-size", "4"], "bs2": ["--batch-size", "2"],
+            "ray2": ["--batch-size", "2", "--ray", "--workers", "2", "--worker-cpus", "0.5"]}
+    for name, extra in runs.items():
+        assert main(ISSUE_EVAL + ["--engine", engine, "--batch-invariant", "--out", str(tmp_path / name)]
+                    + extra) == 0
+    recs = {name: _eval_records(tmp_path / name) for name in runs}
+    assert len(recs["bs4"]) == 18
+    assert recs["bs4"] == recs["bs2"]
+    assert recs["bs4"] == recs["ray2"]

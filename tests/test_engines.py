@@ -13,6 +13,7 @@ What is checked on each engine:
   logits of magnitude ~15: its K/V cache and its flash-attention queries are F16, and the
   cells a row attends over sit elsewhere in the shared cache; 3.4e-3 seen here);
 - both policies end to end: the cap M, EOS, stop_branching, budget stages;
+- batch-invariant mode: a prompt's tree does not depend on the other prompts, to the last bit;
 - bad input is refused with a clear error before any decoding.
 """
 import importlib.util
@@ -251,7 +252,8 @@ def test_batch_invariance_attributes(engine):
 def test_batch_invariant_mode(engine, policy):
     """EagerConfig(batch_invariant=True): prompt b's tree in generate([a, b, c]) is its tree in
     generate([b]) to the last bit (tokens, branch steps, log-probabilities, entropies), in
-    any order and after calls that sized the engine for more prompts."""
+    any order and after calls that sized the engine for more prompts. An engine that states
+    batch_invariant = True keeps the prompts in one batch here, so this checks its claim."""
     cfg = seed_cfg(temperature=0.8) if policy == "seed" else paper_cfg(temperature=0.6)
     cfg = cfg.replace(batch_invariant=True)
     a, b, c = PROMPTS

@@ -23,6 +23,18 @@ forking to 32 rows) took 1.21 s unified and 4.05 s with streams. Flash attention
 both layouts (8 prompts of ~600 tokens x 8 rows, streams: a step 228 ms on, 245 ms with
 llama.cpp's "auto", 341 ms off; unified on the seed workload: 1.16 s on, 1.21 s auto).
 
+Batch invariance (engines/base.py; docs/reproducibility.md; measured by
+benchmarks/bench_batch_invariance.py): batch_invariant = False. In a unified cache a row's
+logits depend on the other prompts of the call, whose cells sit among its own and whose
+tokens share its prefill (SmolLM2 BF16, 4 prompts x 8 rows against each alone: log-probs up
+to 0.36 apart; 12 prompts forced unified: 0.44). With one KV stream per row (kv_unified=
+False, the layout above 4 prompts) each prompt is prefilled in a call of its own and a row
+attends over its own stream: SmolLM2 BF16 came out bit-identical to each prompt alone (4
+and 12 prompts x 8 rows, 1 and 2 threads), but the tiny F32 GGUF of the test suite did not
+(log-probs 5e-7 apart: the F32 matmul's result for a row moves with the row count), so no
+layout is declared invariant. EagerConfig(batch_invariant=True) gives each prompt calls of
+its own instead (one prompt per call: the unified layout).
+
 The batch arrays are numpy arrays owned here (llama_batch points into them), filled with
 vectorised writes; no Python loop over rows in a step except over forks and drops.
 
@@ -210,10 +222,15 @@ class LlamaCppEngine(Engine):
             cells); None (default): unified for calls of at most UNIFIED_MAX_PROMPTS
             prompts, streams for more (see the module docstring for the measurements).
         verbose: let llama.cpp print its log to stderr.
+
+    batch_invariant is False in every layout; batch_deviation is the largest log-probability
+    difference measured (module docstring, "Batch invariance").
     """
 
     kv_copies = 1  # the context's cells are allocated once
     name = "llamacpp"
+    batch_invariant = False
+    batch_deviation = 0.44  # 12 prompts x 8 rows in a unified cache against each alone (module docstring)
 
     def __init__(self, model_path, *, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
                  kv_unified: Optional[bool] = None, verbose: bool = False):

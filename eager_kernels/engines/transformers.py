@@ -58,6 +58,12 @@ class TransformersEngine(Engine):
 
     kv_copies = 2  # the dynamic cache is copied when it grows or is reordered
     name = "transformers"
+    # A row's logits move with its batch: left padding changes the attention's reduction
+    # length and the matmuls' blocking follows the row count. Largest log-probability
+    # difference measured (benchmarks/bench_batch_invariance.py, SmolLM2 fp32 CPU, 12
+    # prompts x 8 rows against each alone): see docs/reproducibility.md.
+    batch_invariant = False
+    batch_deviation = 1e-4
 
     def __init__(self, model, tokenizer=None):
         self.model = model
