@@ -29,6 +29,7 @@ import http.client
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
@@ -97,13 +98,14 @@ def start(kind, gguf, threads, options="", log=None):
     return proc, port
 
 
-def one_request(kind, port, i, M, max_tokens):
+def one_request(kind, port, i, M, max_tokens, theta=None):
     """(latency s, generated tokens) of request i."""
     msgs = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
     t0 = time.perf_counter()
     if kind == "eager":
         r = post(port, "/v1/chat/completions", {"messages": msgs, "max_tokens": max_tokens, "seed": i,
-                                                 "eager": {"max_paths": M}})
+                                                 "eager": {"max_paths": M, **({} if theta is None else
+                                                                              {"theta": theta})}})
         tokens = r["usage"]["completion_tokens"]
     else:
         with ThreadPoolExecutor(M) as pool:
@@ -114,10 +116,10 @@ def one_request(kind, port, i, M, max_tokens):
     return time.perf_counter() - t0, tokens
 
 
-def run_level(kind, port, c, n_requests, M, max_tokens):
+def run_level(kind, port, c, n_requests, M, max_tokens, theta):
     t0 = time.perf_counter()
     with ThreadPoolExecutor(c) as pool:
-        res = list(pool.map(lambda i: one_request(kind, port, i, M, max_tokens), range(n_requests)))
+        res = list(pool.map(lambda i: one_request(kind, port, i, M, max_tokens, theta), range(n_requests)))
     wall = time.perf_counter() - t0
     lat = sorted(r[0] for r in res)
     tokens = sum(r[1] for r in res)
@@ -133,6 +135,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--paths", type=int, default=8, help="M, paths (samples) per request")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--theta", type=float, default=None,
+                    help="eager.theta of the requests (default: the paper policy's 2.2; lower: trees nearer M paths)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--requests", type=float, default=1.0, help="requests per level = max(2, this x c)")
     ap.add_argument("--variants", nargs="+", default=[""],
@@ -157,7 +161,7 @@ def main(argv=None):
             one_request(kind, port, 0, args.paths, 4)  # warm up
             for c in args.concurrency:
                 n = max(2, int(round(args.requests * c)))
-                r = run_level(kind, port, c, n, args.paths, args.max_tokens)
+                r = run_level(kind, port, c, n, args.paths, args.max_tokens, args.theta)
                 r["server"] = ("eager-kernels serve" + (f" {options}" if options else "") if kind == "eager"
                                else "llama_cpp.server (M requests)")
                 rows.append(r)
@@ -174,13 +178,14 @@ def main(argv=None):
         load = float("nan")
     head = (f"## {now}  {platform.node()}  {platform.processor() or platform.machine()}  "
             f"{os.cpu_count()} CPUs (load {load:.1f} at the end)\n"
-            f"command: python benchmarks/bench_serve.py {' '.join(argv if argv is not None else sys.argv[1:])}\n"
+            f"command: python benchmarks/bench_serve.py {shlex.join(argv if argv is not None else sys.argv[1:])}\n"
             f"GGUF {Path(gguf).name}, {args.threads} threads per server, M = {args.paths}, max_tokens = "
-            f"{args.max_tokens}\n\n")
-    table = ("| server | concurrency | requests | requests/s | generated tokens/s | p50 latency (s) | "
-             "p95 latency (s) |\n|---|---:|---:|---:|---:|---:|---:|\n")
+            f"{args.max_tokens}, eager.theta = {args.theta if args.theta is not None else 'the policy default'}\n\n")
+    table = ("| server | concurrency | requests | requests/s | generated tokens/s | tokens/request | "
+             "p50 latency (s) | p95 latency (s) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
     for r in rows:
         table += (f"| {r['server']} | {r['c']} | {r['requests']} | {r['req_s']:.2f} | {r['tok_s']:.1f} | "
+                  f"{r['tokens'] / r['requests']:.0f} | "
                   f"{r['p50_s']:.2f} | {r['p95_s']:.2f} |\n")
     print("\n" + head + table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

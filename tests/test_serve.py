@@ -135,7 +135,7 @@ def _assert_error(status, body, want_status, param=None):
         assert err["param"] == param, err
 
 
-GOOD = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 2, "seed": 1}
+GOOD = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 1, "seed": 1}
 
 BAD = [  # (body, status, param)
     (b"{not json", 400, None),
