@@ -26,6 +26,7 @@ CLI_CASES = {
     "eval": (["eval", "--model", "/nonexistent", "--prompts", "2"],
              "eager-kernels eval: error: load_model: /nonexistent"),
     "bench": (["bench", "--rows", "0"], "eager-kernels bench: error: --rows: expected positive integers"),
+    "serve": (["serve", "--max-paths", "0"], "eager-kernels serve: error: --max-paths: expected an int >= 1, got 0"),
 }
 
 
