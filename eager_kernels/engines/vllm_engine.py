@@ -297,10 +297,11 @@ class VllmEngine(Engine):
                                f"(token budget max_num_batched_tokens={self.max_num_batched_tokens}, "
                                f"max_num_seqs={self.max_num_seqs}, or KV cache preemption); the loop needs "
                                "every row in every step")
-        if kind == "error":
-            self._abort_all()
-            raise RuntimeError(f"VllmEngine: the vLLM step failed: {val!r}") from val
+        self._thread.join()  # the step has ended ("error" or "done")
+        self._thread = None
         self._abort_all()
+        if kind == "error":
+            raise RuntimeError(f"VllmEngine: the vLLM step failed: {val!r}") from val
         raise RuntimeError("VllmEngine: the vLLM step ended without computing the rows' logits")
 
     def _finish_step(self, forced: dict):
