@@ -46,6 +46,15 @@ PROMPTS = [
 ]
 
 
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "-"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,7 +149,9 @@ def main(argv=None):
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--requests", type=float, default=1.0, help="requests per level = max(2, this x c)")
     ap.add_argument("--variants", nargs="+", default=[""],
-                    help="eager-kernels serve option strings, one server each (default: one with no options)")
+                    help="eager-kernels serve option strings, one server each (default: one with no "
+                         "options); quote each, with a space inside ('--no-batch-invariant ') so that argparse "
+                         "does not read it as an option")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/serve.txt"))
     args = ap.parse_args(argv)
     gguf = args.gguf
@@ -176,8 +187,9 @@ def main(argv=None):
         load = os.getloadavg()[0]
     except OSError:
         load = float("nan")
+    versions = ", ".join(f"{d} {_version(d)}" for d in ("llama_cpp_python", "fastapi", "uvicorn", "torch"))
     head = (f"## {now}  {platform.node()}  {platform.processor() or platform.machine()}  "
-            f"{os.cpu_count()} CPUs (load {load:.1f} at the end)\n"
+            f"{os.cpu_count()} CPUs (load {load:.1f} at the end); {versions}\n"
             f"command: python benchmarks/bench_serve.py {shlex.join(argv if argv is not None else sys.argv[1:])}\n"
             f"GGUF {Path(gguf).name}, {args.threads} threads per server, M = {args.paths}, max_tokens = "
             f"{args.max_tokens}, eager.theta = {args.theta if args.theta is not None else 'the policy default'}\n\n")

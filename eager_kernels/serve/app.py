@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import time
 
@@ -19,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import Batcher, QueueFull
 from .protocol import APIError, Settings, build, parse, stream_chunks
+
+log = logging.getLogger("eager_kernels.serve")
 
 
 class ServeMetrics:
@@ -41,6 +44,8 @@ class ServeMetrics:
                                registry=r)
         self.queue_depth = Gauge("eager_serve_queue_depth", "requests waiting for the worker", registry=r)
         self.running = Gauge("eager_serve_running", "requests in the generate() call under way", registry=r)
+        self.batch_requests = Histogram("eager_serve_batch_requests", "requests the worker took together",
+                                        buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.batch_prompts = Histogram("eager_serve_batch_prompts", "prompts per generate() call",
                                        buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.batch_seconds = Histogram("eager_serve_batch_seconds", "seconds per generate() call", registry=r,
@@ -152,6 +157,10 @@ def create_app(engine, tokenizer, settings: Settings, *, api_key=None, max_queue
             return StreamingResponse(sse(), media_type="text/event-stream")
         except APIError as e:
             return error(e, endpoint)
+        except Exception as e:  # a bug of ours: still an OpenAI error object, and the server goes on
+            log.exception("request failed")
+            return error(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error",
+                                  code="internal_error"), endpoint)
         finally:
             with state.lock:
                 state.in_flight -= 1

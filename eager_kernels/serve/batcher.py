@@ -2,14 +2,19 @@
 
 The engine is used by one thread only (this one). Requests wait in a bounded queue; the
 worker takes the first, then collects more for up to `window_s` or until `max_prompts`
-prompts, and runs them: one generate() per distinct EagerConfig among them (a call has one
-config), each request's prompts with their own keys (from the request's seed), so what a
-request gets never depends on what it was batched with:
+prompts (or `max_rows` rows), and runs them: one generate() per distinct EagerConfig among
+them (a call has one config), each request's prompts with their own keys (from the
+request's seed), so what a request gets never depends on what it was batched with:
 
 - in batch-invariant mode (the default; EagerConfig(batch_invariant=True)) an engine whose
-  `batch_invariant` attribute is False runs each prompt in engine calls of its own inside
-  that generate() call; an engine that is batch-invariant (llama.cpp with one KV stream per
-  row, --kv-layout streams) runs them all in one batch;
+  `batch_invariant` attribute is False must run each prompt in engine calls of its own.
+  One shared generate() call would then run the prompts one after the other and return
+  every request at the end; the worker makes the same engine calls as consecutive
+  generate() calls, one per request, so each request returns as soon as its own tree is
+  done (the same results, lower latency). An engine that is batch-invariant, or
+  --no-batch-invariant, runs the batch in one generate() call;
+- a budget stage other than "init" shares the saved budget among the prompts of a call
+  (allocate_budget): such requests always get a call of their own;
 - a call that fails on a capacity error (ValueError, EagerMemoryError) is retried request
   by request, so only the request at fault gets the error.
 
@@ -26,6 +31,7 @@ import time
 from collections import OrderedDict
 
 from ..sampler import EagerMemoryError, generate
+from ..sampler.generate import isolates_prompts
 from .protocol import APIError, Parsed
 
 log = logging.getLogger("eager_kernels.serve")
@@ -124,6 +130,8 @@ class Batcher:
             with self._lock:
                 self.running = len(live)
                 self._gauge()
+            if self.metrics is not None and live:
+                self.metrics.batch_requests.observe(len(live))
             try:
                 self._run_batch(live)
             finally:
@@ -147,7 +155,18 @@ class Batcher:
                         job.future.set_exception(APIError(500, f"internal error: {type(e).__name__}: {e}",
                                                           type="server_error", code="internal_error"))
 
+    def calls(self, group) -> list:
+        """How the requests of one config are split into generate() calls (module docstring)."""
+        cfg = group[0].req.config
+        if cfg.budget != "init" or isolates_prompts(self.engine, cfg):
+            return [[job] for job in group]
+        return [group]
+
     def _run_group(self, group):
+        for call in self.calls(group):
+            self._run_call(call)
+
+    def _run_call(self, group):
         try:
             self._generate(group)
         except (ValueError, EagerMemoryError) as e:
