@@ -175,6 +175,33 @@ def test_paths_hold_the_loops_tokens(engine, policy):
 
 
 @needs_vllm
+def test_reordered_rows_equal_fresh_evaluation(engine):
+    """The engine protocol directly (as tests/test_engines.py checks every engine): after
+    forks (repeated index), drops (omitted index), permutations and a fork of a fork, each
+    row's logits equal a fresh prefill of its sequence (forks are new requests over the
+    prefix cache; the fresh run follows a release, which resets that cache)."""
+    seqs = [list(p) for p in _ids(engine, PROMPTS[:2])]
+    logits = engine.prefill(seqs, max_rows=6, max_new_tokens=5)
+    script = [(None, [10, 11]), ([0, 0, 1, 1, 1], [12, 13, 14, 15, 16]), ([4, 1, 2], [17, 18, 19]),
+              ([2, 2, 0, 1, 0, 2], [20, 21, 22, 23, 24, 25]), ([5, 3], [26, 27])]
+    try:
+        for src, toks in script:
+            if src is not None:
+                engine.reorder(torch.tensor(src))
+                seqs = [list(seqs[i]) for i in src]
+            logits = engine.decode(torch.tensor(toks)).clone()
+            for s, t in zip(seqs, toks):
+                s.append(t)
+    finally:
+        engine.release()
+    for i, s in enumerate(seqs):
+        ref = engine.prefill([s], max_rows=1, max_new_tokens=1)[0].clone()
+        engine.release()
+        torch.testing.assert_close(logits[i], ref, atol=1e-3, rtol=0)
+    _idle(engine)
+
+
+@needs_vllm
 def test_a_token_not_forced_is_caught(engine, monkeypatch):
     """With the processor's forcing switched off vLLM samples greedily by itself; the paper
     policy samples at T = 1, so the tokens part and the engine refuses the step."""
