@@ -356,3 +356,31 @@ def test_sigterm_drains_refuses_and_exits():
         assert s.proc.wait(60) == 0
     finally:
         s.stop()
+
+
+@pytest.mark.slow
+def test_shared_generate_call_without_batch_invariance():
+    # --no-batch-invariant: the requests a batch takes share one generate() call; each gets
+    # its own prompts' results back (a request with two prompts, different n)
+    s = Server("--no-batch-invariant", "--kv-layout", "unified", "--batch-window-ms", "300")
+    try:
+        client = _client(s)
+        bodies = [dict(model=MODEL, prompt=["Once upon a time", "The capital of France is"], max_tokens=4, n=2,
+                       seed=1, extra_body={"eager": BRANCHY}),
+                  dict(model=MODEL, prompt="def fibonacci(n):", max_tokens=4, n=1, seed=2,
+                       extra_body={"eager": BRANCHY}),
+                  dict(model=MODEL, prompt="In 1492, Columbus", max_tokens=4, n=3, seed=3,
+                       extra_body={"eager": BRANCHY})]
+        before = s.metric("eager_serve_batch_prompts_count")
+        with ThreadPoolExecutor(3) as pool:
+            rs = list(pool.map(lambda b: client.completions.create(**b), bodies))
+        assert s.metric("eager_serve_batch_prompts_count") - before < 3  # fewer generate() calls than requests
+        for b, r in zip(bodies, rs):
+            prompts = b["prompt"] if isinstance(b["prompt"], list) else [b["prompt"]]
+            info = r.model_extra["eager"]["choices"]
+            assert {c["prompt_index"] for c in info} == set(range(len(prompts)))
+            assert [c.index for c in r.choices] == [c["index"] for c in info]
+            assert all(c["index"] // b["n"] == c["prompt_index"] for c in info)
+            assert all(c.text for c in r.choices)
+    finally:
+        s.stop()
