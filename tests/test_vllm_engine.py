@@ -221,6 +221,38 @@ def test_a_token_not_forced_is_caught(engine, monkeypatch):
     _idle(engine)
 
 
+@needs_vllm
+def test_v2_processor_with_stand_ins():
+    """The V2-runner processor (GPU only, not run here) on stand-in objects: rows found
+    through the batch position -> slot map, logits handed over in row order, the loop's
+    tokens forced, other requests untouched."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from vllm import SamplingParams
+
+    from eager_kernels.engines import vllm_engine as ve
+
+    proc = ve.processor_class(v2=True)(None, None)
+    ch, cid = ve._Channel(), "stand-in"
+    ve._CHANNELS[cid] = ch
+    try:
+        assert proc.add_request(3, SamplingParams(extra_args={"eager_kernels": [cid, "r0"]}))
+        assert proc.add_request(5, SamplingParams(extra_args={"eager_kernels": [cid, "r1"]}))
+        assert not proc.add_request(7, SamplingParams())
+        logits = torch.randn(3, 10)
+        before = logits.clone()
+        ch.expect = ["r0", "r1"]
+        ch.to_step.put({"r0": 4, "r1": 9})  # the loop's tokens, ready before the step asks
+        proc.apply(logits, SimpleNamespace(idx_mapping_np=np.array([5, 7, 3])))
+        kind, handed = ch.to_loop.get_nowait()
+        assert kind == "logits" and torch.equal(handed, before[[2, 0]])
+        assert int(logits[2].argmax()) == 4 and int(logits[0].argmax()) == 9
+        assert torch.isinf(logits[2]).sum() == 9 and torch.equal(logits[1], before[1])
+    finally:
+        ve._CHANNELS.pop(cid)
+
+
 # ---------------------------------------------------------------------------------------
 # Against the transformers engine (both float32)
 # ---------------------------------------------------------------------------------------

