@@ -53,7 +53,8 @@ def token_text(tokenizer, tok: int) -> str:
 
 
 def _finite(x) -> Optional[float]:
-    return None if x is None or not math.isfinite(x) else round(float(x), 5)
+    """A float as JSON can hold it: None for a missing or non-finite value."""
+    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def path_view(p, tokenizer, index: int) -> dict:

@@ -12,6 +12,7 @@ import http.client
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -266,6 +267,34 @@ def test_16_concurrent_requests_equal_each_alone(server):
     assert together == alone
     batches = server.metric("eager_serve_batch_requests_count") - before
     assert batches < 16  # the worker took requests together
+
+
+def test_index_page_draws_the_tree_in_chromium(server, tmp_path):
+    """GET / in a real browser: a link with the form's fields generates on load through the
+    server's own chat API and draws the tree of that response (the same request sent to
+    the API directly gives the paths to count)."""
+    from urllib.parse import urlencode
+
+    from browser import chromium, dump_dom, parse, screenshot, splits_from_paths, tree_nodes
+
+    status, page = server.get("/")
+    assert status == 200 and "renderEager(" in page and 'id="prompt"' in page
+    if chromium() is None:
+        pytest.skip("no headless Chromium (Debian: apt-get install -y chromium; make browser)")
+    form = {"prompt": "What is 17 + 25?", "max_tokens": 8, "max_paths": 4, "theta": 0.3, "seed": 5}
+    dom = dump_dom(f"http://127.0.0.1:{server.port}/?{urlencode(form)}", budget_ms=120_000)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": form["prompt"]}], "max_tokens": 8,
+            "seed": 5, "eager": {"policy": "paper", "max_paths": 4, "theta": 0.3, "return_tree": True}}
+    status, answer = server.post("/v1/chat/completions", body)
+    assert status == 200
+    tree = answer["eager"]["tree"]
+    els = parse(dom)
+    assert re.search(r'id="error">([^<]*)<', dom).group(1) == ""  # the page shows no error
+    assert len(els["leaf"]) == len(tree) and len(els["answer"]) == 1
+    assert len(els.get("fork", [])) == splits_from_paths(tree) >= 1
+    assert len(els["tok"]) == tree_nodes(tree)
+    assert all(t["title"].startswith("entropy ") for t in els["tok"])
+    screenshot(f"http://127.0.0.1:{server.port}/?{urlencode(form)}", tmp_path / "page.png", budget_ms=120_000)
 
 
 @pytest.fixture(scope="module")

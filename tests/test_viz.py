@@ -1,10 +1,7 @@
 """The tree's pictures: the HTML page (structure checked from the paths themselves, then
 rendered in a real headless Chromium), the entropy plot and the CLI's --html / --plot."""
-import html.parser
 import os
 import re
-import shutil
-import subprocess
 
 import pytest
 import torch
@@ -16,6 +13,7 @@ pytest.importorskip("transformers")
 
 from eager_kernels import EagerConfig, generate, viz  # noqa: E402
 
+from browser import NEEDS_CHROMIUM, dump_dom, parse, screenshot, splits_from_paths, tree_nodes  # noqa: E402
 from conftest import make_tiny_llama  # noqa: E402
 
 PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 20, 21], [1, 30, 31, 32]]
@@ -28,34 +26,6 @@ def result():
     out = generate(model, PROMPTS, EagerConfig.paper(max_new_tokens=12, max_paths_per_prompt=4, backend="torch"))
     assert out.metrics.branch_events > 0
     return out
-
-
-def splits_from_paths(paths) -> int:
-    """Branch points counted without the page's trie: prefixes followed by several distinct tokens."""
-    nexts = {}
-    for p in paths:
-        for t in range(len(p.token_ids)):
-            nexts.setdefault(tuple(p.token_ids[:t]), set()).add(p.token_ids[t])
-    return sum(1 for s in nexts.values() if len(s) > 1)
-
-
-class _Collect(html.parser.HTMLParser):
-    """Elements by class, with their attributes, from a page or a dumped DOM."""
-
-    def __init__(self):
-        super().__init__()
-        self.by_class = {}
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        for c in (a.get("class") or "").split():
-            self.by_class.setdefault(c, []).append(a)
-
-
-def parse(doc: str) -> dict:
-    p = _Collect()
-    p.feed(doc)
-    return p.by_class
 
 
 def test_view_data_matches_the_paths(result):
@@ -121,34 +91,6 @@ def test_cli_generate_html_and_plot(result, tmp_path, monkeypatch, capsys):
     assert "renderEager(" in doc and "tiny (test)" in doc and image.stat().st_size > 1000
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def _dump_dom(url: str) -> str:
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           "--virtual-time-budget=2000", "--dump-dom", url]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    return run.stdout
-
-
-def screenshot(url: str, png, size="1100,800") -> None:
-    """A PNG of the page at `url` by headless Chromium."""
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-           "--virtual-time-budget=3000", f"--window-size={size}", f"--screenshot={png}", url]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and open(png, "rb").read(4) == b"\x89PNG", run.stderr[-2000:]
-
-
-NEEDS_CHROMIUM = pytest.mark.skipif(_chromium() is None,
-                                    reason="no headless Chromium (Debian: apt-get install -y chromium; make browser)")
-
-
 @NEEDS_CHROMIUM
 def test_page_renders_in_chromium(result, tmp_path):
     """The page in a real browser: the DOM after the renderer ran has every path, one mark
@@ -158,13 +100,11 @@ def test_page_renders_in_chromium(result, tmp_path):
     result.to_html(page)
     first = result.results[0]
     target = next(i for i, p in enumerate(first.paths) if p.branch_steps)
-    els = parse(_dump_dom(f"{page.as_uri()}#path={target}"))
+    els = parse(dump_dom(f"{page.as_uri()}#path={target}"))
     assert len(els["leaf"]) == sum(len(r.paths) for r in result.results)
     assert len(els["answer"]) == len(result.results)  # one starred answer per prompt
     assert len(els["fork"]) == sum(splits_from_paths(r.paths) for r in result.results)
-    nodes = sum(len({tuple(p.token_ids[: t + 1]) for p in r.paths for t in range(p.num_tokens)})
-                for r in result.results)
-    assert len(els["tok"]) == nodes
+    assert len(els["tok"]) == sum(tree_nodes(r.paths) for r in result.results)
     for tok in els["tok"]:
         assert tok["title"].startswith("entropy ") and "threshold" in tok["title"] and "step" in tok["title"]
     for fork in els["fork"]:
@@ -184,7 +124,7 @@ def test_page_shows_hostile_text_as_text(result, tmp_path):
 
     page = tmp_path / "tree.html"
     viz.to_html(result, page, tokenizer=Tok(), prompts=["<i>p</i>", "c", "d"])
-    dom = _dump_dom(page.as_uri())
+    dom = dump_dom(page.as_uri())
     els = parse(dom)
     assert len(els["leaf"]) == sum(len(r.paths) for r in result.results)  # the page still renders
     assert "&lt;/script&gt;&lt;b&gt;x&lt;/b&gt;" in dom and "&lt;i&gt;p&lt;/i&gt;" in dom

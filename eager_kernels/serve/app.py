@@ -15,10 +15,11 @@ import threading
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import Batcher, QueueFull
+from .page import index_page
 from .protocol import APIError, Settings, build, parse, stream_chunks
 
 log = logging.getLogger("eager_kernels.serve")
@@ -137,7 +138,7 @@ def create_app(engine, tokenizer, settings: Settings, *, api_key=None, max_queue
             if results is None:
                 metrics.requests.labels(endpoint, "499").inc()
                 return Response(status_code=499)
-            out = build(req, results, settings)
+            out = build(req, results, settings, tokenizer)
             u, e = out["usage"], out["eager"]
             metrics.prompt_tokens.inc(u["prompt_tokens"])
             metrics.generated_tokens.inc(u["completion_tokens"])
@@ -182,6 +183,10 @@ def create_app(engine, tokenizer, settings: Settings, *, api_key=None, max_queue
         metrics.requests.labels("/v1/models", "200").inc()
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
                                             "owned_by": "eager-kernels", "max_model_len": settings.context}]}
+
+    @app.get("/")
+    async def index():  # the tree view's page: a prompt box that calls this server's API
+        return HTMLResponse(index_page(settings))
 
     @app.get("/health")
     async def health():

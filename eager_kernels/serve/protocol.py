@@ -16,6 +16,7 @@ from typing import Optional
 from ..sampler import EagerConfig
 from ..sampler.config import BUDGET_MODES, POLICIES
 from ..sampler.keys import mix_int
+from ..viz import path_view
 
 # The fields of the `eager` extension object, with their meaning (docs/serving.md).
 EAGER_FIELDS = ("policy", "max_paths", "theta", "q", "entropy_top_k", "budget", "return_tree",
@@ -344,9 +345,12 @@ def _finish(path, stopped: bool) -> str:
     return "stop" if stopped or path.finished == "eos" else "length"
 
 
-def build(req: Parsed, results: list, settings: Settings) -> dict:
+def build(req: Parsed, results: list, settings: Settings, tokenizer=None) -> dict:
     """The response body for `results` (one PromptResult per prompt of the request):
-    choices = the n best paths per prompt by score (the answer first), usage, eager."""
+    choices = the n best paths per prompt by score (the answer first), usage, eager. With
+    eager.return_tree, eager.tree lists every explored path as the tree view draws it
+    (viz.path_view: per-token text, entropy, threshold and log-probability, decoded with
+    `tokenizer`)."""
     choices, info, tree = [], [], []
     completion_tokens = explored = events = 0
     for i, r in enumerate(results):
@@ -369,11 +373,9 @@ def build(req: Parsed, results: list, settings: Settings) -> dict:
                 d["entropies"] = list(p.entropies)
             info.append(d)
         if req.return_tree:
-            for p in r.paths:
-                tree.append({"prompt_index": i, "text": p.text, "token_ids": list(p.token_ids),
-                             "logprob": p.logprob, "score": p.score, "branch_positions": list(p.branch_steps),
-                             "finish_reason": _finish(p, False), "stage": p.stage,
-                             **({"entropies": list(p.entropies)} if req.return_entropies else {})})
+            for j, p in enumerate(r.paths):
+                tree.append({**path_view(p, tokenizer, j), "prompt_index": i, "text": p.text,
+                             "branch_positions": list(p.branch_steps), "finish_reason": _finish(p, False)})
     prompt_tokens = sum(len(p) for p in req.prompts)
     cfg = req.config
     eager = {"policy": cfg.policy, "max_paths": cfg.max_paths_per_prompt, "seed": req.seed,
