@@ -291,6 +291,20 @@ def test_prompt_keys_make_a_tree_independent_of_its_batch(engine):
     assert [p.token_ids for p in both.results[1].paths] == [p.token_ids for p in alone.results[0].paths]
 
 
+@needs_vllm
+def test_batch_invariant_mode(engine):
+    """EagerConfig(batch_invariant=True) on VllmEngine (batch_invariant False: each prompt in
+    calls of its own, the prefix cache reset between them): a prompt's tree is the same to
+    the last bit alone and after another prompt."""
+    assert engine.batch_invariant is False
+    cfg = paper_cfg(temperature=1.0, batch_invariant=True)
+    both = generate(engine, PROMPTS[:2], cfg, prompt_keys=[4, 9])
+    alone = generate(engine, PROMPTS[1:2], cfg, prompt_keys=[9])
+    assert [(p.token_ids, p.logprob, p.entropies) for p in both.results[1].paths] == \
+        [(p.token_ids, p.logprob, p.entropies) for p in alone.results[0].paths]
+    _idle(engine)
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input: clear errors before decoding, the engine usable afterwards
 # ---------------------------------------------------------------------------------------
