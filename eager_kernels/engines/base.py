@@ -131,3 +131,17 @@ def check_token_ids(prompts: Sequence[Sequence[int]], vocab_size: int, what: str
 def optional_tokenizer_attr(tokenizer, name: str) -> Optional[int]:
     value = getattr(tokenizer, name, None)
     return int(value) if isinstance(value, int) else None
+
+
+def union_token_ids(sources) -> list:
+    """The ids of `sources` (each None, an int or a list of ints) in first-seen order, each
+    once: e.g. EOS ids from a tokenizer and a generation config (chat models often end a
+    turn with a second id)."""
+    ids = []
+    for src in sources:
+        if src is None:
+            continue
+        for x in ([src] if isinstance(src, int) else src):
+            if int(x) not in ids:
+                ids.append(int(x))
+    return ids

@@ -36,7 +36,7 @@ from typing import Optional
 
 import torch
 
-from .base import Engine
+from .base import Engine, union_token_ids
 
 _TAG = "eager_kernels"  # the SamplingParams.extra_args key: (channel id, row key)
 _CHANNELS: dict = {}  # channel id -> _Channel (one per VllmEngine)
@@ -110,11 +110,7 @@ def _processor_class():
             for i, (cid, key) in self.slots.items():
                 if i < logits.shape[0]:
                     by_channel.setdefault(cid, {})[key] = i
-            for cid, where in by_channel.items():
-                ch = _CHANNELS.get(cid)
-                if ch is not None:
-                    ch.on_logits(logits, where)
-            return logits
+            return _hand_over(by_channel, logits)
 
     return EagerLogitsProcessor
 
@@ -152,13 +148,19 @@ def _processor_class_v2():
                 tag = self.slots.get(int(slot))
                 if tag is not None:
                     by_channel.setdefault(tag[0], {})[tag[1]] = pos
-            for cid, where in by_channel.items():
-                ch = _CHANNELS.get(cid)
-                if ch is not None:
-                    ch.on_logits(logits, where)
-            return logits
+            return _hand_over(by_channel, logits)
 
     return EagerLogitsProcessorV2
+
+
+def _hand_over(by_channel: dict, logits: torch.Tensor) -> torch.Tensor:
+    """Give each engine's channel its rows of this step's logits ({channel: {row key: batch
+    position}}); the channel forces the loop's tokens in place. Returns the logits."""
+    for cid, where in by_channel.items():
+        ch = _CHANNELS.get(cid)
+        if ch is not None:
+            ch.on_logits(logits, where)
+    return logits
 
 
 _PROCESSORS: dict = {}
@@ -540,7 +542,6 @@ def _tokenizer(llm):
 
 
 def _model_eos(model_config, tokenizer) -> list:
-    ids = []
     srcs = []
     try:
         gen = model_config.try_get_generation_config()
@@ -548,10 +549,4 @@ def _model_eos(model_config, tokenizer) -> list:
     except Exception:  # noqa: BLE001
         pass
     srcs.append(getattr(model_config.hf_config, "eos_token_id", None))
-    for src in srcs:
-        if src is None:
-            continue
-        for x in ([src] if isinstance(src, int) else src):
-            if int(x) not in ids:
-                ids.append(int(x))
-    return ids
+    return union_token_ids(srcs)

@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..engines.base import as_engine, check_token_ids
+from ..engines.base import as_engine, check_token_ids, union_token_ids
 from .budget import allocate_budget
 from .config import EagerConfig, EagerOutput, Metrics, Path, PromptResult
 from .decode import run_stage
@@ -55,15 +55,7 @@ def _eos_ids(cfg, tokenizer, engine) -> list:
     if cfg.eos_token_id is not None:
         e = cfg.eos_token_id
         return [int(e)] if isinstance(e, int) else [int(x) for x in e]
-    ids = []
-    sources = [getattr(tokenizer, "eos_token_id", None), engine.eos_token_ids or None]
-    for src in sources:  # the union: chat models often end turns with a second id
-        if src is None:
-            continue
-        for x in ([src] if isinstance(src, int) else src):
-            if int(x) not in ids:
-                ids.append(int(x))
-    return ids
+    return union_token_ids([getattr(tokenizer, "eos_token_id", None), engine.eos_token_ids or None])
 
 
 def _stop_seqs(cfg, tokenizer) -> list:
