@@ -352,7 +352,8 @@ def test_cli_batch_invariant_option():
     assert p.parse_args(["--batch-invariant"]).batch_invariant is True
     assert p.parse_args(["--no-batch-invariant"]).batch_invariant is False
     assert p.parse_args([]).batch_invariant is None
-    assert resolve_batch_invariant(p.parse_args([])) is False  # in process: off
-    assert resolve_batch_invariant(p.parse_args(["--ray"])) is True  # on Ray: on
-    assert resolve_batch_invariant(p.parse_args(["--ray", "--no-batch-invariant"])) is False
-    assert resolve_batch_invariant(p.parse_args(["--batch-invariant"])) is True
+    assert resolve_batch_invariant(p.parse_args([]), "llamacpp") is False  # in process: off
+    assert resolve_batch_invariant(p.parse_args(["--ray"]), "llamacpp") is True  # on Ray on llama.cpp: on
+    assert resolve_batch_invariant(p.parse_args(["--ray"]), "transformers") is False  # costly there
+    assert resolve_batch_invariant(p.parse_args(["--ray", "--no-batch-invariant"]), "llamacpp") is False
+    assert resolve_batch_invariant(p.parse_args(["--batch-invariant"]), "transformers") is True
