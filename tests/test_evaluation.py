@@ -255,13 +255,13 @@ def test_run_hash_covers_prompts():
 # Batch size, batch-invariant mode and resume
 # ---------------------------------------------------------------------------------------
 
-INV_METHODS = ["greedy", "eager_init", "eager_adapt", "seed"]
+INV_METHODS = ["greedy", "parallel", "eager_init", "eager_adapt", "seed"]
 
 
 def _run_bs(tiny, out, batch_size, invariant, methods=INV_METHODS):
     from eager_kernels.evaluation import run_eval
 
-    cfg = EvalConfig(prompts=4, max_paths=3, max_new_tokens=4, theta=0.5, q=50.0, batch_size=batch_size,
+    cfg = EvalConfig(prompts=5, max_paths=3, max_new_tokens=5, theta=0.5, q=50.0, batch_size=batch_size,
                      backend="torch", model_name="tiny", batch_invariant=invariant)
     return run_eval(tiny, DigitTokenizer(), cfg, out, methods=methods, plot=False, progress=False,
                     log=lambda *a: None)
@@ -283,7 +283,7 @@ def test_batch_invariant_records_do_not_depend_on_batch_size(tiny, tmp_path, mon
     b = _run_bs(tiny, tmp_path / "b", 3, True)
     assert a["run"] == b["run"]
     ra, rb = _records(a), _records(b)
-    assert len(ra) == 4 * len(INV_METHODS)
+    assert len(ra) == 5 * len(INV_METHODS)
     assert sum(r["branch_events"] for r in ra.values()) > 0
     assert ra == rb
     assert all(r["run"] == {"family": r["run"]["family"], "batch_invariant": True, "batch_size": None}
@@ -291,7 +291,7 @@ def test_batch_invariant_records_do_not_depend_on_batch_size(tiny, tmp_path, mon
     # resume with another batch size: drop three records, only their calls rerun
     path = tmp_path / "a" / "results.jsonl"
     lines = path.read_text().splitlines()
-    drop = {f"{a['run']}/greedy/3", f"{a['run']}/eager_init/1", f"{a['run']}/seed/0"}
+    drop = {f"{a['run']}/greedy/4", f"{a['run']}/eager_init/1", f"{a['run']}/seed/0"}
     path.write_text("\n".join(ln for ln in lines if json.loads(ln)["key"] not in drop) + "\n")
     calls = []
     real = sampler.generate
@@ -315,14 +315,14 @@ def test_default_mode_refuses_another_batch_size(tiny, tmp_path):
 
     a = _run_bs(tiny, tmp_path, 2, False, methods=["greedy", "eager_init"])
     assert all(r["run"]["batch_size"] == 2 and not r["run"]["batch_invariant"] for r in _records(a).values())
-    with pytest.raises(BatchSizeConflict, match=r"--batch-size: .*results.jsonl holds 8 records of this "
+    with pytest.raises(BatchSizeConflict, match=r"--batch-size: .*results.jsonl holds 10 records of this "
                                                 r"configuration made with --batch-size 2; .* continuing with "
                                                 r"--batch-size 3 would mix .*--batch-invariant"):
         _run_bs(tiny, tmp_path, 3, False, methods=["greedy"])
     again = _run_bs(tiny, tmp_path, 2, False, methods=["greedy", "eager_init"])
     assert again["run"] == a["run"] and again["rows"] == a["rows"]
     inv = _run_bs(tiny, tmp_path, 3, True, methods=["greedy"])
-    assert inv["run"] != a["run"] and inv["rows"][0]["prompts"] == 4
+    assert inv["run"] != a["run"] and inv["rows"][0]["prompts"] == 5
 
 
 def test_run_hash_and_batch_size():
