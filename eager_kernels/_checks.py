@@ -58,7 +58,7 @@ def check_temperature(temperature, rows: int, device):
             temperature = temperature.reshape(1).expand(rows)
         if temperature.shape != (rows,):
             raise ValueError(f"temperature: expected a scalar or shape [{rows}], got {tuple(temperature.shape)}")
-        if temperature.device != _canonical_device(device):
+        if temperature.device != torch.device(device):
             raise ValueError(f"temperature: expected device {device}, got {temperature.device}")
         t = temperature.to(torch.float32).contiguous()
         bad = ~((t >= 0) & (t < float("inf")))  # catches NaN too
@@ -104,7 +104,7 @@ def check_seed(seed, rows: int, device):
         if seed.dim() != 1 or seed.shape[0] != rows:
             raise ValueError(f"seed: expected a Python int, a one-element tensor or shape [{rows}] "
                              f"(a key per row), got shape {tuple(seed.shape)}")
-        if seed.device != _canonical_device(device):
+        if seed.device != torch.device(device):
             raise ValueError(f"seed: a per-row seed tensor must be on {device} (the logits' device), "
                              f"got {seed.device}")
         return seed.contiguous()
@@ -156,17 +156,8 @@ def raise_if_bad_status(bad_value: torch.Tensor, empty_row: torch.Tensor) -> Non
     fail_if(empty_row, "logits: a row has no finite entry (all -inf); its distribution is undefined")
 
 
-def _canonical_device(device) -> torch.device:
-    """torch.device(device), with the current CUDA device's index where none is given
-    (tensors always carry one: "cuda" and "cuda:0" are the same place)."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def check_same_device(name: str, tensor: torch.Tensor, device) -> None:
-    if tensor.device != _canonical_device(device):
+    if tensor.device != (device if isinstance(device, torch.device) else torch.device(device)):
         raise ValueError(f"{name}: expected a tensor on {device} (the logits' device), got {tensor.device}")
 
 
