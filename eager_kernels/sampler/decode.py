@@ -7,8 +7,8 @@ eager_step per step, and one host read per step (a packed tensor of four counter
 go on, finished rows kept, whether the cache order changed, branch events). Everything else
 stays on the device:
 
-- the path table: generated tokens [N, T], entropies, thresholds in force and token
-  log-probabilities [N, T], branch marks [N, T], cumulative log-probability, branch count,
+- the path table: generated tokens [N, T], per token its entropy, the threshold in force
+  and its log-probability [N, T, 3], branch marks [N, T], cumulative log-probability, branch count,
   group (prompt), finished / stopped flags, and each path's random key (keys.py: from the
   stage, the prompt's key and the path's lineage, never its row, so a prompt's paths do not
   depend on its batch). Rows 0..R-1 are the active paths in the cache's row order; rows
@@ -125,9 +125,8 @@ def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eo
 
     # The path table (rows 0..R-1 active, R..N-1 finished).
     tok = torch.full((G, T), -1, dtype=torch.int64, device=device)
-    ent = torch.zeros((G, T), dtype=torch.float32, device=device)
-    thr = torch.zeros((G, T), dtype=torch.float32, device=device)  # the threshold in force
-    tlp = torch.zeros((G, T), dtype=torch.float32, device=device)  # each token's log-probability
+    # per token: entropy, threshold in force, log-probability (one table: one gather a step)
+    rec = torch.zeros((G, T, 3), dtype=torch.float32, device=device)
     brf = torch.zeros((G, T), dtype=torch.bool, device=device)
     cum = torch.zeros(G, dtype=torch.float64, device=device)
     nbr = torch.zeros(G, dtype=torch.int64, device=device)
@@ -218,12 +217,11 @@ def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eo
         sel = order[: n_act + n_fin]
         s = src[sel]
         new = is_new[sel]
-        tok, ent, thr, tlp, brf = tok[s], ent[s], thr[s], tlp[s], brf[s]
+        tok, rec, brf = tok[s], rec[s], brf[s]
         parent = s.clamp_max(R - 1)
         tok[:, t] = torch.where(new, new_tok[sel], tok[:, t])
-        ent[:, t] = torch.where(new, res.entropy[parent], ent[:, t])
-        thr[:, t] = torch.where(new, res.threshold[parent], thr[:, t])
-        tlp[:, t] = torch.where(new, add_lp[sel].float(), tlp[:, t])
+        step_rec = torch.stack([res.entropy[parent], res.threshold[parent], add_lp[sel].float()], dim=1)
+        rec[:, t] = torch.where(new[:, None], step_rec, rec[:, t])
         par_branched = branched[parent] & new
         brf[:, t] = brf[:, t] | par_branched
         cum = ccum[sel]
@@ -259,15 +257,15 @@ def run_stage(engine: Engine, prompts: list, caps: list, cfg: EagerConfig, *, eo
         bar.close()
 
     # One copy of the table to the host.
-    host = [x.cpu() for x in (tok, ent, thr, tlp, brf, cum, length, grp, eosf)]
-    tok_h, ent_h, thr_h, tlp_h, brf_h, cum_h, len_h, grp_h, eos_h = host
+    host = [x.cpu() for x in (tok, rec, brf, cum, length, grp, eosf)]
+    tok_h, rec_h, brf_h, cum_h, len_h, grp_h, eos_h = host
     out_paths = [[] for _ in range(G)]
     for i in range(N):
         n = int(len_h[i])
         out_paths[int(grp_h[i])].append(dict(
             token_ids=tok_h[i, :n].tolist(), logprob=float(cum_h[i]),
-            entropies=ent_h[i, :n].tolist(), thresholds=thr_h[i, :n].tolist(),
-            token_logprobs=tlp_h[i, :n].tolist(),
+            entropies=rec_h[i, :n, 0].tolist(), thresholds=rec_h[i, :n, 1].tolist(),
+            token_logprobs=rec_h[i, :n, 2].tolist(),
             branch_steps=torch.nonzero(brf_h[i, :n]).flatten().tolist(),
             finished="eos" if bool(eos_h[i]) else "length"))
     return out_paths, peak.tolist(), branch_events.tolist()
