@@ -9,11 +9,11 @@ stays on the device:
 
 - the path table: generated tokens [N, T], per token its entropy, the threshold in force
   and its log-probability [N, T, 3], branch marks [N, T], cumulative log-probability,
-  branch count, group (prompt), finished / stopped flags, and each path's random key (keys.py: from the
-  stage, the prompt's key and the path's lineage, never its row, so a prompt's paths do not
-  depend on its batch). Rows 0..R-1 are the active paths in the cache's row order; rows
-  R..N-1 are finished paths still held (they count toward M in the paper policy and
-  compete in pruning in the seed policy).
+  branch count, group (prompt), finished / stopped flags, and each path's random key
+  (keys.py: from the stage, the prompt's key and the path's lineage, never its row, so a
+  prompt's paths do not depend on its batch). Rows 0..R-1 are the active paths in the
+  cache's row order; rows R..N-1 are finished paths still held (they count toward M in the
+  paper policy and compete in pruning in the seed policy).
 - each step expands every active row into its children (1, or n on a branch), adds the
   finished rows as candidates, selects the kept ones (cap M, or pruning per prompt by a
   segmented rank), and orders them active-first with one stable sort;
