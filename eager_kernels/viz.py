@@ -26,19 +26,10 @@ import math
 from pathlib import Path as _FilePath
 from typing import Optional
 
-# YlOrRd, light to dark: low entropy pale, high entropy deep red (the page's colour scale).
+# YlOrRd, light to dark: low entropy pale, high entropy deep red (the page's colour scale;
+# viewer.js interpolates it linearly over [0, the page's largest entropy or threshold]).
 RAMP = ((255, 255, 204), (254, 217, 118), (253, 141, 60), (227, 26, 28), (128, 0, 38))
 _ASSETS = _FilePath(__file__).resolve().parent
-
-
-def entropy_color(value: float, vmax: float) -> str:
-    """The colour of an entropy value on the scale [0, vmax] (hex), as viewer.js computes it."""
-    x = 0.0 if vmax <= 0 else min(max(value / vmax, 0.0), 1.0)
-    pos = x * (len(RAMP) - 1)
-    i = min(int(pos), len(RAMP) - 2)
-    f = pos - i
-    rgb = [round(a + (b - a) * f) for a, b in zip(RAMP[i], RAMP[i + 1])]
-    return "#%02x%02x%02x" % tuple(rgb)
 
 
 def token_text(tokenizer, tok: int) -> str:
