@@ -27,8 +27,9 @@ def resolve(engine: str, *, model_dir=None) -> str:
     return engine
 
 
-def load(engine: str, *, model_dir=None, gguf=None, threads=None):
-    """(model or engine, tokenizer, display name, load seconds) for `engine` (resolved)."""
+def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=None):
+    """(model or engine, tokenizer, display name, load seconds) for `engine` (resolved);
+    kv_unified: the llama.cpp engine's KV layout (LlamaCppEngine; None: its own choice)."""
     t0 = time.perf_counter()
     if engine == "vllm":
         return _load_vllm(model_dir, gguf, t0)
@@ -44,7 +45,7 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None):
 
             path = default_gguf_path()
             name = f"SmolLM2-135M-Instruct (default, GGUF {GGUF_WEIGHT_TYPE.upper()})"
-        eng = LlamaCppEngine(path, n_threads=threads)
+        eng = LlamaCppEngine(path, n_threads=threads, kv_unified=kv_unified)
         return eng, eng.tokenizer, f"{name} on llama.cpp", time.perf_counter() - t0
     if gguf:
         raise ValueError("--gguf needs --engine llamacpp (or auto with llama-cpp-python installed)")

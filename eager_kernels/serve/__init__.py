@@ -75,30 +75,20 @@ def load_engine(args):
 
         torch.set_num_threads(args.threads)
     engine = resolve(args.engine, model_dir=args.model)
+    model, tok, _, _ = load(engine, model_dir=args.model, gguf=args.gguf, threads=args.threads,
+                            kv_unified=KV_LAYOUTS[args.kv_layout])
     if engine == "llamacpp":
-        from pathlib import Path
-
-        from ..engines.llamacpp import LlamaCppEngine
-
-        if args.model:
-            raise ValueError("--model is a transformers model directory; with --engine llamacpp pass --gguf FILE")
-        if args.gguf:
-            path, name = Path(args.gguf), Path(args.gguf).stem
-        else:
-            from ..models import default_gguf_path
-
-            path, name = default_gguf_path(), "SmolLM2-135M-Instruct"
-        eng = LlamaCppEngine(path, n_threads=args.threads, kv_unified=KV_LAYOUTS[args.kv_layout])
-        return eng, eng.tokenizer, name, eng.n_ctx or eng.n_ctx_train
-    model, tok, name, _ = load(engine, model_dir=args.model, gguf=args.gguf, threads=args.threads)
-    if engine == "vllm":
+        ctx = model.n_ctx or model.n_ctx_train
+    elif engine == "vllm":
         ctx = model.max_model_len
     else:
         ctx = getattr(model.config, "max_position_embeddings", None)
-    if args.model is None:
-        name = "SmolLM2-135M-Instruct"
-    else:
+    if args.gguf:
+        name = os.path.splitext(os.path.basename(args.gguf))[0]
+    elif args.model:
         name = os.path.basename(os.path.normpath(str(args.model)))
+    else:
+        name = "SmolLM2-135M-Instruct"
     return model, tok, name, ctx
 
 
