@@ -14,20 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from . import _checks
+
 # ---------------------------------------------------------------------------------------
 # Entropy
 # ---------------------------------------------------------------------------------------
-
-
-def _on_device(value, dtype, device) -> torch.Tensor:
-    """value as a `dtype` tensor on `device` (a tensor's own device when device is None). A
-    Python number is filled in on the device, not copied there: torch.tensor(x, device="cuda")
-    is a host-to-device copy that synchronises the host with the GPU."""
-    if isinstance(value, torch.Tensor):
-        return value.to(dtype=dtype, device=value.device if device is None else device)
-    if isinstance(value, (int, float)):
-        return torch.full((), value, dtype=dtype, device=device)
-    return torch.as_tensor(value, dtype=dtype, device=device)
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
@@ -140,12 +131,14 @@ def philox_uniform(seed, offset, rows: int, cols: int, device=None) -> torch.Ten
     seed[r] and counter word 1 = 0, so its numbers do not depend on its place in the batch.
     Traffic: about 8 int64 [rows, cols/4] temporaries per round: slow, and only an oracle.
     """
-    seed = _on_device(seed, torch.int64, device)
+    seed = _checks.seed_tensor(seed, device)  # a Python int is filled in on the device, not copied
+    if device is not None:
+        seed = seed.to(device)
     per_row = seed.numel() != 1
     seed = seed.reshape(-1, 1) if per_row else seed.reshape(())
     if per_row and seed.shape[0] != rows:
         raise ValueError(f"seed: expected one element or shape [{rows}], got {seed.shape[0]} elements")
-    offset = _on_device(offset, torch.int64, seed.device).reshape(())
+    offset = _checks.counter_tensor(offset, seed.device)
     device = seed.device
     quads = (cols + 3) // 4
     c0 = torch.arange(quads, dtype=torch.int64, device=device).expand(rows, quads)
@@ -179,7 +172,7 @@ def gumbel_scores(logits: torch.Tensor, temperature, seed, offset) -> torch.Tens
     rows, cols = x.shape
     u = philox_uniform(seed, offset, rows, cols, device=x.device).clamp_min(UNIFORM_MIN)
     log_e = torch.log(-torch.log(u))
-    t = _on_device(temperature, torch.float32, x.device).reshape(-1, 1)
+    t = _checks.temperature_tensor(temperature, rows, x.device).to(x.device, torch.float32).reshape(-1, 1)
     return x - t * log_e
 
 
