@@ -5,8 +5,10 @@ test-vllm` creates .venv-vllm and runs this module; elsewhere everything but the
 test skips. One vLLM LLM serves the whole module (start-up is 20-50 s here), float32 like
 the transformers engine it is compared with, a 2 GiB KV cache (VLLM_CPU_KVCACHE_SPACE).
 """
+import gc
 import importlib.util
 import os
+import threading
 
 import pytest
 import torch
@@ -80,7 +82,7 @@ def _tree(out):
 
 def _idle(engine):
     assert not engine.llm.llm_engine.has_unfinished_requests()
-    assert engine._thread is None and not engine._seq
+    assert not engine._stepping and not engine._seq
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,6 +293,38 @@ def test_batch_invariant_mode(engine):
     alone = generate(engine, PROMPTS[1:2], cfg, prompt_keys=[9])
     assert [(p.token_ids, p.logprob, p.entropies) for p in both.results[1].paths] == \
         [(p.token_ids, p.logprob, p.entropies) for p in alone.results[0].paths]
+    _idle(engine)
+
+
+@needs_vllm
+def test_steps_run_on_one_worker_thread_per_engine(engine):
+    """An engine's vLLM steps run on one long-lived worker thread (not a thread per step);
+    close() ends it, and so does dropping an engine without close()."""
+    from eager_kernels.engines.vllm_engine import VllmEngine
+
+    def workers():
+        return {t for t in threading.enumerate() if t.name == "eager-vllm-step"}
+
+    before = workers()
+    second = VllmEngine(engine.llm)
+    cfg = paper_cfg(max_new_tokens=6)
+    generate(second, PROMPTS[:1], cfg)
+    mine = workers() - before
+    assert len(mine) == 1
+    generate(second, PROMPTS[:2], cfg)
+    assert workers() - before == mine
+    second.close()
+    assert not any(t.is_alive() for t in mine)
+
+    third = VllmEngine(engine.llm)
+    generate(third, PROMPTS[:1], cfg)
+    mine = workers() - before
+    assert len(mine) == 1
+    del third
+    gc.collect()
+    for t in mine:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in mine)
     _idle(engine)
 
 
