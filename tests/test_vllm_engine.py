@@ -328,6 +328,24 @@ def test_steps_run_on_one_worker_thread_per_engine(engine):
     _idle(engine)
 
 
+@needs_vllm
+def test_reference_host_loop_grows_the_same_tree_at_t0(engine):
+    """The benchmark's row (c), the method's reference approach (one LLM.generate per token
+    per path, the loop reading top-20 log-probabilities: bench/vllm.py HostLoopEngine),
+    grows the tree VllmEngine grows when the rows are greedy and forks take the top-2
+    tokens: the speed comparison of the two is over the same work."""
+    from eager_kernels.bench.vllm import HostLoopEngine
+
+    cfg = paper_cfg(temperature=0.0, max_new_tokens=12)
+    a = generate(engine, PROMPTS[:2], cfg)
+    host = HostLoopEngine(engine)
+    c = generate(host, PROMPTS[:2], cfg)
+    assert a.metrics.branch_events > 0
+    assert host.calls == c.metrics.steps
+    assert _tree(a) == _tree(c)
+    _idle(engine)
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input: clear errors before decoding, the engine usable afterwards
 # ---------------------------------------------------------------------------------------

@@ -131,6 +131,12 @@ def main(argv=None) -> int:
                     help="which engines' EAGer rows to run (default: both when llama-cpp-python is installed); "
                          "vllm: its own rows against vLLM's parallel sampling and a host loop (bench/vllm.py)")
     ap.add_argument("--host-repeats", type=int, default=1, help="--engine vllm: runs of the host loop (slow)")
+    ap.add_argument("--prompts", type=int, default=1,
+                    help="--engine vllm: 1 = the bench's prompt; N > 1 = the first N GSM8K test questions, batched")
+    ap.add_argument("--paper-temperature", type=float, default=0.6,
+                    help="--engine vllm: T of the paper-policy rows, (b) and (c) (default 0.6, the paper's)")
+    ap.add_argument("--seed-rows", action="store_true",
+                    help="--engine vllm: the seed-policy row also with --prompts N > 1 (32 rows per prompt)")
     ap.add_argument("--raw", default="benchmarks/results/vllm_decode.txt",
                     help="--engine vllm: the text file its table is appended to")
     ap.add_argument("--weight-type", default=None, help="GGUF weight type of the llama.cpp rows (default: "

@@ -1,25 +1,28 @@
 """The vLLM rows of `eager-kernels bench --decode --engine vllm` (docs/vllm.md, "Benchmark").
 
-One vLLM LLM (VllmEngine on the default model, float32 on CPU), the bench's prompt with the
-chat template, T new tokens, M paths:
+One vLLM LLM (VllmEngine on the default model, float32 on CPU); the prompts: the bench's
+prompt with the chat template (--prompts 1, the default) or the first N GSM8K test questions
+zero-shot (--prompts N), all submitted at once; T new tokens, M paths per prompt:
 
-(a) eager_kernels.generate on VllmEngine: the seed policy (its defaults, prune_to 32) and the
-    paper policy at M (T = 0.6, seed 0): one vLLM step per token for all rows, forks as
-    prefix-cached requests;
-(b) vLLM's own parallel sampling: SamplingParams(n=M, temperature=0.6, max_tokens=T,
-    ignore_eos=True): M sequences of T tokens, no entropy, no branching;
-(b0) the same M x T tokens as M greedy requests: vLLM's decode cost without its random
-    sampler (which is the slower part of (b) on this CPU);
+(a) eager_kernels.generate on VllmEngine: the paper policy at M (T = --paper-temperature,
+    0.6 by default, seed 0) and, with one prompt or --seed-rows, the seed policy (its
+    defaults, prune_to 32): one vLLM step per token for all rows, forks as prefix-cached
+    requests;
+(b) vLLM's own parallel sampling: SamplingParams(n=M, temperature=the paper's T (0.6 when
+    that is 0: vLLM refuses n > 1 greedy), max_tokens=T, ignore_eos=True): M sequences of T
+    tokens per prompt, no entropy, no branching;
+(b0) the same M x T tokens per prompt as M greedy requests: vLLM's decode cost without its
+    random sampler;
 (c) the method's reference approach outside the engine: the same loop and paper policy,
-    but every step calls LLM.generate once for every active path (max_tokens=1,
+    but every step calls LLM.generate once with a request per active path (max_tokens=1,
     logprobs=20, prefix caching on; prompt = the prompt + the path's tokens) and the loop
     reads the top-20 log-probabilities (the other logits -inf): HostLoopEngine below.
 
 Per generated token (wall s / tokens) and per step (wall s / steps; for (c) per LLM.generate
-call, one per step): goals (a) paper within 1.3x of (b), and (a) paper at
-least 3x faster than (c) with the same paths (the top-20 entropy is exact from top-20
-log-probabilities and a Gumbel winner outside the top 20 is rare at T = 0.6; (c)'s
-log-probabilities are renormalised over the top 20, so only tokens are compared).
+call, one per step): goals (a) paper within 1.3x of (b), and (a) paper at least 3x faster
+than (c) with the same answers. (c) cannot draw a token outside the top 20 that (a)'s
+full-vocabulary sample may take, so at T > 0 the trees part at the first such draw; at
+--paper-temperature 0 (greedy rows, top-2 forks) the two must grow the same trees.
 """
 from __future__ import annotations
 
@@ -121,6 +124,24 @@ def _timed(fn, repeats):
     return statistics.median(times), min(times), out
 
 
+def _prompts(tok, n: int) -> tuple:
+    """The bench's prompt (n = 1) or the first n GSM8K test questions, zero-shot (n > 1), each
+    through the chat template: (token id lists, a description for the table header)."""
+    from .decode import PROMPT
+
+    if n == 1:
+        enc = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True)
+        ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+        return [ids], f"prompt {PROMPT!r} (chat template, {len(ids)} tokens)"
+    from ..evaluation.suites import gsm8k_suite
+
+    suite = gsm8k_suite(n, split="test", fewshot=0)
+    ids = [suite.prompt_ids(tok, t) for t in suite.tasks]
+    lens = sorted(len(x) for x in ids)
+    return ids, (f"{n} prompts: the first {n} GSM8K test questions, zero-shot, chat template "
+                 f"({lens[0]}-{lens[-1]} tokens)")
+
+
 def run(args) -> int:
     """The rows above, printed as a table and appended to benchmarks/results/vllm_decode.txt."""
     import vllm
@@ -129,50 +150,58 @@ def run(args) -> int:
     from vllm import SamplingParams
 
     from ..engines.select import load
-    from .decode import PROMPT
 
+    if args.prompts < 1:
+        raise ValueError(f"--prompts: expected >= 1, got {args.prompts}")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     t0 = time.perf_counter()
     eng, tok, name, _ = load("vllm")
     load_s = time.perf_counter() - t0
-    enc = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True)
-    prompt_ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+    prompts, described = _prompts(tok, args.prompts)
+    P = len(prompts)
     T, M, R = args.max_new_tokens, args.paper_m, args.repeats
+    temp = args.paper_temperature
     backend = args.backend
     seed_cfg = ek.EagerConfig.seed_policy(max_new_tokens=T, backend=backend)
-    paper_cfg = ek.EagerConfig.paper(max_new_tokens=T, max_paths_per_prompt=M, backend=backend)
+    paper_cfg = ek.EagerConfig.paper(max_new_tokens=T, max_paths_per_prompt=M, backend=backend, temperature=temp)
     rows = []
 
     def eager_row(label, engine, cfg, reps):
-        ek.generate(engine, [prompt_ids], cfg.replace(max_new_tokens=2))  # warm-up
-        med, best, out = _timed(lambda: ek.generate(engine, [prompt_ids], cfg), reps)
+        ek.generate(engine, prompts[:1], cfg.replace(max_new_tokens=2))  # warm-up
+        med, best, out = _timed(lambda: ek.generate(engine, prompts, cfg), reps)
         m = out.metrics
-        rows.append(dict(method=label, seconds=med, best_s=best, sequences=len(out.results[0].paths),
+        rows.append(dict(method=label, seconds=med, best_s=best, sequences=sum(len(r.paths) for r in out.results),
                          tokens=m.tokens_generated, steps=m.steps, forks=m.branch_events,
                          answer=out.results[0].answer.text))
         return out
 
-    eager_row("(a) EAGer seed policy on VllmEngine", eng, seed_cfg, R)
+    if P == 1 or args.seed_rows:
+        eager_row("(a) EAGer seed policy on VllmEngine", eng, seed_cfg, R)
     paper = eager_row(f"(a) EAGer paper policy M={M} on VllmEngine", eng, paper_cfg, R)
 
-    params = SamplingParams(n=M, temperature=0.6, max_tokens=T, ignore_eos=True, detokenize=False)
-    _in_thread(lambda: eng.llm.generate([{"prompt_token_ids": prompt_ids}], params, use_tqdm=False))  # warm-up
-    med, best, outs = _timed(lambda: eng.llm.generate([{"prompt_token_ids": prompt_ids}], params, use_tqdm=False), R)
-    ntok = sum(len(c.token_ids) for c in outs[0].outputs)
-    rows.append(dict(method=f"(b) vLLM parallel sampling n={M}", seconds=med, best_s=best, sequences=M, tokens=ntok,
-                     steps=T, forks=0, answer="-"))
+    requests = [{"prompt_token_ids": ids} for ids in prompts]
+    b_temp = temp if temp > 0 else 0.6  # vLLM refuses n > 1 with greedy sampling
+    params = SamplingParams(n=M, temperature=b_temp, max_tokens=T, ignore_eos=True, detokenize=False)
+    _in_thread(lambda: eng.llm.generate(requests[:1], params, use_tqdm=False))  # warm-up
+    med, best, outs = _timed(lambda: eng.llm.generate(requests, params, use_tqdm=False), R)
+    ntok = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    rows.append(dict(method=f"(b) vLLM parallel sampling n={M}, T={b_temp:g}", seconds=med, best_s=best, sequences=M * P,
+                     tokens=ntok, steps=T, forks=0, answer="-"))
 
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=T, ignore_eos=True, detokenize=False)
-    reqs = [{"prompt_token_ids": prompt_ids}] * M
+    reqs = [r for r in requests for _ in range(M)]
     med, best, outs = _timed(lambda: eng.llm.generate(reqs, greedy, use_tqdm=False), R)
-    rows.append(dict(method=f"(b0) vLLM greedy, {M} requests (decode cost)", seconds=med, best_s=best, sequences=M,
-                     tokens=sum(len(o.outputs[0].token_ids) for o in outs), steps=T, forks=0, answer="-"))
+    rows.append(dict(method=f"(b0) vLLM greedy, {M} requests per prompt", seconds=med, best_s=best,
+                     sequences=M * P, tokens=sum(len(o.outputs[0].token_ids) for o in outs), steps=T, forks=0,
+                     answer="-"))
 
     host = HostLoopEngine(eng)
     hout = eager_row(f"(c) host loop, paper M={M}: LLM.generate per token per path", host, paper_cfg,
                      max(1, args.host_repeats))
     rows[-1]["steps"] = host.calls  # LLM.generate calls of the last run
-    same = [p.token_ids for p in paper.results[0].paths] == [p.token_ids for p in hout.results[0].paths]
+    same = [[p.token_ids for p in r.paths] for r in paper.results] == [[p.token_ids for p in r.paths]
+                                                                       for r in hout.results]
+    same_answers = [r.answer.token_ids for r in paper.results] == [r.answer.token_ids for r in hout.results]
     eng.close()
 
     for r in rows:
@@ -181,10 +210,10 @@ def run(args) -> int:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"{stamp}; {bm.cpu_name()}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; "
              f"vllm {vllm.__version__}, torch {torch.__version__}; {name} (loaded in {load_s:.0f} s); "
-             f"block_size {eng.block_size}; prompt {PROMPT!r} (chat template, {len(prompt_ids)} tokens), "
-             f"{T} new tokens, median of {R} (host loop: {max(1, args.host_repeats)})",
+             f"block_size {eng.block_size}; {described}, {T} new tokens, paper T = {temp}, "
+             f"median of {R} (host loop: {max(1, args.host_repeats)})",
              f"{'method':<58} {'wall s':>7} {'best s':>7} {'seqs':>5} {'tokens':>6} {'ms/tok':>8} {'steps':>5} "
-             f"{'ms/step':>8} {'forks':>5}  answer"]
+             f"{'ms/step':>8} {'forks':>5}  answer (prompt 1)"]
     for r in rows:
         lines.append(f"{r['method']:<58} {r['seconds']:>7.2f} {r['best_s']:>7.2f} {r['sequences']:>5} "
                      f"{r['tokens']:>6} {r['ms_per_token']:>8.1f} {r['steps']:>5} {r['ms_per_step']:>8.1f} "
@@ -196,7 +225,7 @@ def run(args) -> int:
     lines.append(f"per generated token: (a) paper / (b) = {a['ms_per_token'] / b['ms_per_token']:.2f}x (goal <= 1.3), "
                  f"/ (b0) = {a['ms_per_token'] / b0['ms_per_token']:.2f}x; "
                  f"(c) / (a) paper = {c['ms_per_token'] / a['ms_per_token']:.2f}x (goal >= 3); "
-                 f"(a) paper and (c) same paths: {same}; per step (a) paper / (b) = "
+                 f"(a) paper and (c): same paths {same}, same answers {same_answers}; per step (a) paper / (b) = "
                  f"{a['ms_per_step'] / b['ms_per_step']:.2f}x, (c) / (a) paper = {c['ms_per_step'] / a['ms_per_step']:.2f}x")
     text = "\n".join(lines)
     print("\n" + text)
