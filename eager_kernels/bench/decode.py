@@ -137,6 +137,8 @@ def main(argv=None) -> int:
                     help="--engine vllm: T of the paper-policy rows, (b) and (c) (default 0.6, the paper's)")
     ap.add_argument("--seed-rows", action="store_true",
                     help="--engine vllm: the seed-policy row also with --prompts N > 1 (32 rows per prompt)")
+    ap.add_argument("--step-rows", default=None, metavar="N,N,...",
+                    help="--engine vllm: also time vLLM's own greedy decode step at these row counts (e.g. 1,8,64)")
     ap.add_argument("--raw", default="benchmarks/results/vllm_decode.txt",
                     help="--engine vllm: the text file its table is appended to")
     ap.add_argument("--weight-type", default=None, help="GGUF weight type of the llama.cpp rows (default: "

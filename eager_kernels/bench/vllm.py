@@ -18,6 +18,9 @@ zero-shot (--prompts N), all submitted at once; T new tokens, M paths per prompt
     logprobs=20, prefix caching on; prompt = the prompt + the path's tokens) and the loop
     reads the top-20 log-probabilities (the other logits -inf): HostLoopEngine below.
 
+With --step-rows 1,2,4,...: vLLM's own greedy decode step at those row counts (wall / T of
+n greedy requests of prompt 1), the curve that decides what fewer live rows are worth.
+
 Per generated token (wall s / tokens) and per step (wall s / steps; for (c) per LLM.generate
 call, one per step): goals (a) paper within 1.3x of (b), and (a) paper at least 3x faster
 than (c) with the same answers. (c) cannot draw a token outside the top 20 that (a)'s
@@ -142,6 +145,34 @@ def _prompts(tok, n: int) -> tuple:
                  f"({lens[0]}-{lens[-1]} tokens)")
 
 
+def _parse_rows(spec):
+    """--step-rows "1,2,4" -> [1, 2, 4] (None or "" -> [])."""
+    if not spec:
+        return []
+    try:
+        rows = [int(x) for x in str(spec).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--step-rows: expected comma-separated row counts such as 1,8,64, got {spec!r}") from None
+    if not rows or min(rows) < 1:
+        raise ValueError(f"--step-rows: expected row counts >= 1, got {spec!r}")
+    return rows
+
+
+def _step_sweep(eng, prompt_ids, T, repeats, rows):
+    """vLLM's own decode step at each row count: n greedy requests of one prompt, T tokens
+    each (ignore_eos), wall / T. How the step grows with rows decides what fewer live rows
+    (EAGer's tree) are worth per token on a machine."""
+    from vllm import SamplingParams
+
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=T, ignore_eos=True, detokenize=False)
+    out = []
+    for n in rows:
+        reqs = [{"prompt_token_ids": prompt_ids}] * n
+        med, _, _ = _timed(lambda: eng.llm.generate(reqs, greedy, use_tqdm=False), repeats)
+        out.append((n, 1e3 * med / T))
+    return out
+
+
 def run(args) -> int:
     """The rows above, printed as a table and appended to benchmarks/results/vllm_decode.txt."""
     import vllm
@@ -153,10 +184,15 @@ def run(args) -> int:
 
     if args.prompts < 1:
         raise ValueError(f"--prompts: expected >= 1, got {args.prompts}")
+    step_rows = _parse_rows(args.step_rows)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     t0 = time.perf_counter()
     eng, tok, name, _ = load("vllm")
     load_s = time.perf_counter() - t0
+    too_many = [n for n in step_rows if n > eng.max_num_seqs]
+    if too_many:
+        eng.close()
+        raise ValueError(f"--step-rows: {too_many} exceed the engine's max_num_seqs={eng.max_num_seqs}")
     prompts, described = _prompts(tok, args.prompts)
     P = len(prompts)
     T, M, R = args.max_new_tokens, args.paper_m, args.repeats
@@ -202,6 +238,7 @@ def run(args) -> int:
     same = [[p.token_ids for p in r.paths] for r in paper.results] == [[p.token_ids for p in r.paths]
                                                                        for r in hout.results]
     same_answers = [r.answer.token_ids for r in paper.results] == [r.answer.token_ids for r in hout.results]
+    sweep = _step_sweep(eng, prompts[0], T, R, step_rows) if step_rows else []
     eng.close()
 
     for r in rows:
@@ -227,6 +264,11 @@ def run(args) -> int:
                  f"(c) / (a) paper = {c['ms_per_token'] / a['ms_per_token']:.2f}x (goal >= 3); "
                  f"(a) paper and (c): same paths {same}, same answers {same_answers}; per step (a) paper / (b) = "
                  f"{a['ms_per_step'] / b['ms_per_step']:.2f}x, (c) / (a) paper = {c['ms_per_step'] / a['ms_per_step']:.2f}x")
+    if sweep:
+        lines.append(f"vLLM's own decode step against rows: greedy requests of prompt 1, {T} tokens each, "
+                     f"median of {R} (wall s / {T}, prefill included)")
+        lines.append("rows    " + " ".join(f"{n:>6}" for n, _ in sweep))
+        lines.append("ms/step " + " ".join(f"{ms:>6.1f}" for _, ms in sweep))
     text = "\n".join(lines)
     print("\n" + text)
     out = Path(args.raw)
