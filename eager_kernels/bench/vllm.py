@@ -18,7 +18,7 @@ zero-shot (--prompts N), all submitted at once; T new tokens, M paths per prompt
     logprobs=20, prefix caching on; prompt = the prompt + the path's tokens) and the loop
     reads the top-20 log-probabilities (the other logits -inf): HostLoopEngine below.
 
-With --step-rows 1,2,4,...: vLLM's own greedy decode step at those row counts (wall / T of
+With --step-rows 1 2 4 ...: vLLM's own greedy decode step at those row counts (wall / T of
 n greedy requests of prompt 1), the curve that decides what fewer live rows are worth.
 
 Per generated token (wall s / tokens) and per step (wall s / steps; for (c) per LLM.generate
@@ -145,32 +145,21 @@ def _prompts(tok, n: int) -> tuple:
                  f"({lens[0]}-{lens[-1]} tokens)")
 
 
-def _parse_rows(spec):
-    """--step-rows "1,2,4" -> [1, 2, 4] (None or "" -> [])."""
-    if not spec:
-        return []
-    try:
-        rows = [int(x) for x in str(spec).split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--step-rows: expected comma-separated row counts such as 1,8,64, got {spec!r}") from None
-    if not rows or min(rows) < 1:
-        raise ValueError(f"--step-rows: expected row counts >= 1, got {spec!r}")
-    return rows
-
-
 def _step_sweep(eng, prompt_ids, T, repeats, rows):
     """vLLM's own decode step at each row count: n greedy requests of one prompt, T tokens
     each (ignore_eos), wall / T. How the step grows with rows decides what fewer live rows
     (EAGer's tree) are worth per token on a machine."""
+    return [(n, 1e3 * _greedy(eng, [prompt_ids] * n, T, repeats)[0] / T) for n in rows]
+
+
+def _greedy(eng, prompts, T, repeats):
+    """vLLM's own decode of one greedy request per prompt, T tokens each (ignore_eos):
+    _timed's (median s, best s, outputs)."""
     from vllm import SamplingParams
 
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=T, ignore_eos=True, detokenize=False)
-    out = []
-    for n in rows:
-        reqs = [{"prompt_token_ids": prompt_ids}] * n
-        med, _, _ = _timed(lambda: eng.llm.generate(reqs, greedy, use_tqdm=False), repeats)
-        out.append((n, 1e3 * med / T))
-    return out
+    reqs = [{"prompt_token_ids": ids} for ids in prompts]
+    return _timed(lambda: eng.llm.generate(reqs, greedy, use_tqdm=False), repeats)
 
 
 def run(args) -> int:
@@ -184,7 +173,7 @@ def run(args) -> int:
 
     if args.prompts < 1:
         raise ValueError(f"--prompts: expected >= 1, got {args.prompts}")
-    step_rows = _parse_rows(args.step_rows)
+    step_rows = args.step_rows or []
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     t0 = time.perf_counter()
     eng, tok, name, _ = load("vllm")
@@ -224,9 +213,7 @@ def run(args) -> int:
     rows.append(dict(method=f"(b) vLLM parallel sampling n={M}, T={b_temp:g}", seconds=med, best_s=best, sequences=M * P,
                      tokens=ntok, steps=T, forks=0, answer="-"))
 
-    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=T, ignore_eos=True, detokenize=False)
-    reqs = [r for r in requests for _ in range(M)]
-    med, best, outs = _timed(lambda: eng.llm.generate(reqs, greedy, use_tqdm=False), R)
+    med, best, outs = _greedy(eng, [ids for ids in prompts for _ in range(M)], T, R)
     rows.append(dict(method=f"(b0) vLLM greedy, {M} requests per prompt", seconds=med, best_s=best,
                      sequences=M * P, tokens=sum(len(o.outputs[0].token_ids) for o in outs), steps=T, forks=0,
                      answer="-"))
