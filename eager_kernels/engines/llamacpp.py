@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from .base import Engine
+from .llamacpp_build import AMX_FEATURE
 
 EXTRA_HINT = ('the llama.cpp engine needs the package llama-cpp-python: pip install "eager-kernels[llamacpp]" '
               '(it builds llama.cpp from source, several minutes on 2 cores; see docs/install.md)')
@@ -93,6 +94,26 @@ def _backend(lib, verbose: bool):
 
         _BACKEND["quiet"] = _quiet  # kept alive: llama.cpp holds the pointer
         lib.llama_log_set(_quiet, ctypes.c_void_p(0))
+
+
+def check_build(lib) -> frozenset:
+    """The CPU features llama.cpp was compiled with (llama_print_system_info), after
+    checking that this CPU has each of them: a build for another CPU (a wheel built
+    natively elsewhere and reused from pip's cache or an image) would die of SIGILL on
+    its first instruction of a missing set; this raises a RuntimeError that says how to
+    rebuild instead. See llamacpp_build.py."""
+    from .llamacpp_build import build_features, cpu_flags, missing_instruction_sets
+
+    features = build_features(lib.llama_print_system_info().decode("utf-8", "replace"))
+    flags = cpu_flags()
+    missing = missing_instruction_sets(features, flags) if flags is not None else []
+    if missing:
+        raise RuntimeError(
+            f"llama.cpp (llama-cpp-python) was built for instruction sets this CPU lacks: {', '.join(missing)} "
+            "(a build from another machine?); rebuild it here: pip uninstall -y llama-cpp-python, then "
+            "`make install` in a checkout, or CMAKE_ARGS=\"$(python -m eager_kernels.engines.llamacpp_build "
+            "cmake-args)\" pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python")
+    return features
 
 
 def _check_gguf(path: Path) -> None:
@@ -223,6 +244,10 @@ class LlamaCppEngine(Engine):
             cells); None (default): unified for calls of at most UNIFIED_MAX_PROMPTS
             prompts, streams for more (see the module docstring for the measurements).
         verbose: let llama.cpp print its log to stderr.
+        extra_buffers: llama.cpp's extra weight buffer types (weights repacked for the
+            CPU's matmul kernels, AMX among them; llama_model_params.use_extra_bufts).
+            None (default): on, except with a llama.cpp built with AMX, whose repacked
+            weights can die of SIGILL on the first decode (llamacpp_build.py).
 
     batch_invariant is False in every layout; batch_deviation is the largest log-probability
     difference measured (module docstring, "Batch invariance").
@@ -234,7 +259,8 @@ class LlamaCppEngine(Engine):
     batch_deviation = 0.36  # 4 prompts x 8 rows in the unified cache against each alone (module docstring)
 
     def __init__(self, model_path, *, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
-                 kv_unified: Optional[bool] = None, verbose: bool = False):
+                 kv_unified: Optional[bool] = None, verbose: bool = False,
+                 extra_buffers: Optional[bool] = None):
         lib = import_llama_cpp()
         path = Path(model_path).expanduser()
         _check_gguf(path)
@@ -244,12 +270,19 @@ class LlamaCppEngine(Engine):
             raise ValueError(f"n_threads: expected a positive int or None, got {n_threads!r}")
         if kv_unified is not None and not isinstance(kv_unified, bool):
             raise ValueError(f"kv_unified: expected a bool or None, got {kv_unified!r}")
+        if extra_buffers is not None and not isinstance(extra_buffers, bool):
+            raise ValueError(f"extra_buffers: expected a bool or None, got {extra_buffers!r}")
         self.kv_unified = kv_unified
         _backend(lib, verbose)
+        self.build_features = check_build(lib)
+        if extra_buffers is None:
+            extra_buffers = AMX_FEATURE not in self.build_features
+        self.extra_buffers = extra_buffers
         self._lib = lib
         self.path = path
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = 0
+        mparams.use_extra_bufts = extra_buffers
         self._model = lib.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
         if not self._model:
             raise ValueError(f"model_path: llama.cpp could not load {path} (an unsupported architecture or a "
