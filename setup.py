@@ -1,4 +1,4 @@
-"""Builds the C++ CPU extension eager_kernels._C at install time.
+"""Builds the C++ CPU extension eager_kernels.kernels._C at install time.
 
 Set EAGER_KERNELS_SKIP_CPP=1 to install without it (the package then falls back to the
 torch reference on CPU, with one warning). Install with --no-build-isolation so that the
@@ -24,7 +24,7 @@ if sources and os.environ.get("EAGER_KERNELS_SKIP_CPP") != "1":
 
     ext_modules.append(
         CppExtension(
-            "eager_kernels._C",
+            "eager_kernels.kernels._C",
             sources,
             depends=sorted(glob.glob(os.path.join("csrc", "*.h"))),
             extra_compile_args=["-O3", "-fopenmp", "-std=c++17", "-ffp-contract=off"],

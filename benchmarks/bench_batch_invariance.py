@@ -43,12 +43,12 @@ from eager_kernels.evaluation.suites import build_suite
 def load_engine(kind: str, threads: int):
     if kind.startswith("llamacpp"):
         from eager_kernels.engines.llamacpp import LlamaCppEngine
-        from eager_kernels.models import default_gguf_path
+        from eager_kernels.engines.models import default_gguf_path
 
         return LlamaCppEngine(default_gguf_path(), n_threads=threads,
                               kv_unified=False if kind == "llamacpp-streams" else None)
     from eager_kernels.engines import TransformersEngine
-    from eager_kernels.models import load_default_model
+    from eager_kernels.engines.models import load_default_model
 
     model, tok = load_default_model()
     return TransformersEngine(model, tokenizer=tok)

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from eager_kernels import benchmarking as bm
-from eager_kernels.models import load_default_model
+from eager_kernels.bench import common as bm
+from eager_kernels.engines.models import load_default_model
 
 
 def main(argv=None):

@@ -25,8 +25,8 @@ import statistics
 import torch
 
 import eager_kernels as ek
-from eager_kernels import _C
-from eager_kernels import benchmarking as bm
+from eager_kernels.kernels import _C
+from eager_kernels.bench import common as bm
 
 K, TOP_K, TEMPERATURE, Q, THETA, INITIAL = 4, 20, 0.6, 99.0, 2.0, 5.0
 HISTORY_LEN = 256

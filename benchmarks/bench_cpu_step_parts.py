@@ -22,8 +22,8 @@ import torch
 torch.set_num_threads(2)  # before any parallel region (a later set to 2 after 1 may stick at 1)
 
 import eager_kernels as ek  # noqa: E402
-from eager_kernels import _C  # noqa: E402
-from eager_kernels import benchmarking as bm  # noqa: E402
+from eager_kernels.kernels import _C  # noqa: E402
+from eager_kernels.bench import common as bm  # noqa: E402
 
 ARGS = dict(k=4, entropy_top_k=20, q=99.0, theta=2.0, initial=5.0)
 

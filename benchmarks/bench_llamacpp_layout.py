@@ -26,7 +26,7 @@ import torch
 import eager_kernels as ek
 from eager_kernels.bench.decode import PROMPT
 from eager_kernels.engines.llamacpp import LlamaCppEngine
-from eager_kernels.models import default_gguf_path
+from eager_kernels.engines.models import default_gguf_path
 
 FA = {"on": 1, "auto": -1, "off": 0}
 

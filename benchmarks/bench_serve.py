@@ -157,7 +157,7 @@ def main(argv=None):
     gguf = args.gguf
     if gguf is None:
         sys.path.insert(0, str(ROOT))
-        from eager_kernels.models import default_gguf_path
+        from eager_kernels.engines.models import default_gguf_path
 
         gguf = str(default_gguf_path())
     runs = []

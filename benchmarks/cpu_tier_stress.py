@@ -15,7 +15,7 @@ import random
 import torch
 
 import eager_kernels as ek
-from eager_kernels import _C
+from eager_kernels.kernels import _C
 
 
 def main(argv=None):

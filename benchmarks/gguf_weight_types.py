@@ -13,7 +13,7 @@ import itertools
 import torch
 
 from eager_kernels.engines.llamacpp import LlamaCppEngine
-from eager_kernels.models import default_gguf_path
+from eager_kernels.engines.models import default_gguf_path
 
 TEXTS = ["What is 17 + 25? Think step by step.",
          "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

@@ -19,7 +19,7 @@ import time
 import torch
 
 import eager_kernels as ek
-from eager_kernels import benchmarking as bm
+from eager_kernels.bench import common as bm
 
 
 def main(argv=None) -> int:

@@ -62,9 +62,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from eager_kernels.distributed import default_model_factory, init_ray
+    from eager_kernels.engines.select import default_model_factory
+    from eager_kernels.sampler.ray import init_ray
     from eager_kernels.evaluation import EvalConfig, run_eval
-    from eager_kernels.models import load_default_model
+    from eager_kernels.engines.models import load_default_model
 
     torch.set_num_threads(1)
     model, tok = load_default_model()

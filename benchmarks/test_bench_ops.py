@@ -1,5 +1,5 @@
 """pytest-benchmark suite: every op on every backend available here, next to the plain
-torch ops a user writes ("plain": eager_kernels.benchmarking.plain_*, the reference of the
+torch ops a user writes ("plain": eager_kernels.bench.common.plain_*, the reference of the
 ratios), on two realistic shapes per device. The full grid with CSV and plots is
 `eager-kernels bench`.
 
@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import eager_kernels as ek  # noqa: E402
-from eager_kernels import benchmarking as bm  # noqa: E402
+from eager_kernels.bench import common as bm  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["torch"] + (["cpu"] if ek.cpu_extension_available() else []) + (["triton"] if DEVICE == "cuda" else [])

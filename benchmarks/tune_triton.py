@@ -1,5 +1,5 @@
 """Sweep the Triton launch parameters of eager_step on this GPU: block size, warps per
-program and the number of programs aimed for (eager_kernels.triton_kernels.launch_config).
+program and the number of programs aimed for (eager_kernels.kernels.triton.launch_config).
 
     python benchmarks/tune_triton.py [--rows 1 64] [--vocab 152064] [--dtype bfloat16] [--out CSV]
 
@@ -18,8 +18,8 @@ import sys
 import torch
 
 import eager_kernels as ek
-from eager_kernels import benchmarking as bm
-from eager_kernels import triton_kernels as tk
+from eager_kernels.bench import common as bm
+from eager_kernels.kernels import triton as tk
 from eager_kernels.bench.kernels import write_csv
 
 BLOCKS = (1024, 2048, 4096)

@@ -15,7 +15,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 from eager_kernels import EagerConfig, generate  # noqa: E402
 from eager_kernels.engines import TransformersEngine  # noqa: E402
 from eager_kernels.engines.vllm_engine import VllmEngine  # noqa: E402
-from eager_kernels.models import default_model_dir, load_default_model  # noqa: E402
+from eager_kernels.engines.models import default_model_dir, load_default_model  # noqa: E402
 
 PROMPTS = ["What is 17 + 25?", "Name a colour.", "Write one short sentence about the sea."]
 

@@ -18,7 +18,7 @@ constexpr int kMaxK = 64;          // widest top-k list (ops.py rejects larger o
 constexpr int64_t kBlock = 256;    // elements per block: a block stays in L1 between sub-passes
 constexpr int kGumbelTable = 32;   // Gumbel upper bounds indexed by lzcnt(2^31 - 1 - folded)
 
-// Philox-4x32-10 constants (as triton.language.random and eager_kernels.reference).
+// Philox-4x32-10 constants (as triton.language.random and eager_kernels.kernels.reference).
 constexpr uint32_t kPhiloxKeyA = 0x9E3779B9u;
 constexpr uint32_t kPhiloxKeyB = 0xBB67AE85u;
 constexpr uint32_t kPhiloxRoundA = 0xD2511F53u;

@@ -1,4 +1,4 @@
-// eager_kernels._C: the C++ CPU implementations of every op.
+// eager_kernels.kernels._C: the C++ CPU implementations of every op.
 //
 // - The row pass (run_pass) splits each row into chunks whose layout depends only on the
 //   shape (B, V), runs one chunk kernel per chunk in parallel (at::parallel_for), and merges

@@ -87,7 +87,7 @@ def _check_backend_here(backend: str) -> None:
     """The CLI loads models on the CPU: say now, not after loading, if `backend` cannot run there."""
     import torch
 
-    from . import _registry
+    from .kernels import registry as _registry
 
     _registry.resolve(backend, torch.device("cpu"))
 

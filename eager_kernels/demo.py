@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from . import _registry, benchmarking, reference
-from .history import EntropyHistory
-from .ops import eager_step, entropy, sample, topk_logprobs
+from .kernels import registry as _registry, reference
+from .bench import common as benchmarking
+from .kernels.history import EntropyHistory
+from .kernels.ops import eager_step, entropy, sample, topk_logprobs
 
 SHAPES = [(1, 32000, torch.float32), (8, 49152, torch.bfloat16), (8, 152064, torch.float32)]
 K, TOP_K, TEMPERATURE = 4, 20, 0.6
@@ -57,7 +58,7 @@ def backend_label(backend: str) -> str:
     is the C++ backend (docs/cpu_tiers.md): "'cpu', C++ tier avx512"."""
     if backend != "cpu":
         return repr(backend)
-    from . import _C
+    from .kernels import _C
 
     return f"{backend!r}, C++ tier {_C.isa()}"
 
@@ -70,7 +71,7 @@ def run_kernel_checks(device: str | None = None) -> bool:
           f"torch {env['torch']}, {env['date']} ==")
     if backend == "torch":
         print(f"   (C++ extension unavailable: {_registry.cpu_extension_error()}; times compare torch with itself)")
-    print("   ('reference' is eager_kernels.reference, written for clarity and bit-exact randomness; the")
+    print("   ('reference' is eager_kernels.kernels.reference, written for clarity and bit-exact randomness; the")
     print("    realistic baseline is the last row of each shape: the plain torch step a user would write)")
     print(f"   {'shape':<24} {'op':<18} {'check':<44} {backend + ' ms':>10} {'ref. ms':>10} {'speedup':>8}")
     all_ok = True

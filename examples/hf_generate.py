@@ -17,7 +17,7 @@ import torch
 
 import eager_kernels as ek
 from eager_kernels.hf import CUSTOM_GENERATE_DIR, EntropyMonitor, eager_generate
-from eager_kernels.models import load_default_model
+from eager_kernels.engines.models import load_default_model
 
 PROMPTS = ["What is 17 + 25? Answer with a number.", "Name a primary colour."]
 

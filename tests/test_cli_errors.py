@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import eager_kernels as ek
-from eager_kernels import _registry, errors
+from eager_kernels.kernels import registry as _registry
+from eager_kernels import errors
 from eager_kernels import __main__ as cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,7 +142,7 @@ def test_triton_missing_names_the_extra(monkeypatch):
 
 def test_cpu_backend_without_extension_says_how_to_build(monkeypatch):
     monkeypatch.setattr(_registry, "_cpu_ext", None)
-    monkeypatch.setattr(_registry, "_cpu_ext_error", "ImportError: no module eager_kernels._C")
+    monkeypatch.setattr(_registry, "_cpu_ext_error", "ImportError: no module eager_kernels.kernels._C")
     x = torch.randn(2, 16)
     with pytest.raises(errors.BackendUnavailableError, match="pip install --no-build-isolation -e ."):
         ek.entropy(x, backend="cpu")

@@ -1,4 +1,4 @@
-"""The C++ CPU backend (eager_kernels._C) against the float64 reference.
+"""The C++ CPU backend (eager_kernels.kernels._C) against the float64 reference.
 
 Every data test runs with each kernel set the CPU allows (`_C.set_isa`): AVX-512, the
 portable kernels with AVX2 dense loops, and the plain portable kernels, so every code path
@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import eager_kernels as ek
-from eager_kernels import _registry, reference as ref
+from eager_kernels.kernels import registry as _registry, reference as ref
 
 if not _registry.cpu_extension_available():  # genuinely not built (EAGER_KERNELS_SKIP_CPP=1)
     pytest.skip(f"C++ extension not built: {_registry.cpu_extension_error()}", allow_module_level=True)
 
-from eager_kernels import _C, cpu_backend  # noqa: E402
+from eager_kernels.kernels import _C, cpu as cpu_backend  # noqa: E402
 
 ISAS = (["avx512"] if _C.avx512_supported() else []) + (["avx2"] if _C.avx2_supported() else []) + ["scalar"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -1,4 +1,4 @@
-"""Ray Data scale-out (eager_kernels.distributed) on a tiny model: the same results as in
+"""Ray Data scale-out (eager_kernels.sampler.ray, eager_kernels.evaluation.ray) on a tiny model: the same results as in
 process, with 1 and 2 workers, both policies and a budget stage; resume after an
 interruption; the evaluation with --ray writes the same records.
 
@@ -19,7 +19,8 @@ import numpy as np
 pytest.importorskip("transformers")
 
 from eager_kernels import EagerConfig, generate  # noqa: E402
-from eager_kernels import distributed as dist  # noqa: E402
+from eager_kernels.evaluation import ray as eval_ray  # noqa: E402
+from eager_kernels.sampler import ray as dist  # noqa: E402
 
 from conftest import make_tiny_llama  # noqa: E402
 
@@ -104,9 +105,9 @@ def test_eval_actor_in_process():
                      model_name="tiny")
     factory = TinyFactory(head_scale=8.0, tokenizer=DigitTokenizer())
     model, tok = factory()
-    ev = Evaluator(model, tok, cfg, dist._memory_store(), progress=False, log=lambda *a: None)
+    ev = Evaluator(model, tok, cfg, eval_ray._memory_store(), progress=False, log=lambda *a: None)
     ev.run("eager_init")
-    actor = dist._EvalActor(factory, cfg, 1)
+    actor = eval_ray._EvalActor(factory, cfg, 1)
     lab = label("eager_init")
     out = actor({"spec": [json.dumps(dict(ids=[2, 0], method="eager_init", theta=None, label=lab, extras=None,
                                           init=[]))]})
@@ -260,7 +261,7 @@ def test_eval_batch_invariant_any_batching(ray_session, tmp_path, engine, capsys
     if engine == "llamacpp":
         pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the `llamacpp` extra)")
     from eager_kernels.evaluation.cli import main
-    from eager_kernels.models import default_model_available
+    from eager_kernels.engines.models import default_model_available
 
     if engine == "transformers" and not default_model_available():
         pytest.skip("the default model is not installed")

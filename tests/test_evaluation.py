@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-from eager_kernels.evaluation import (METHODS, EvalConfig, ResultStore, extract_answer, find_numbers,
-                                      is_correct, make_tasks, tree_tokens)
+from eager_kernels.evaluation import (METHODS, EvalConfig, ResultStore, extract_answer, find_numbers, is_correct, make_tasks, tree_tokens)
 from eager_kernels.evaluation.tasks import INSTRUCTION, KINDS
 
 from conftest import DigitTokenizer, make_tiny_llama
@@ -193,7 +192,7 @@ def test_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr("eager_kernels.generate", counting)
+    monkeypatch.setattr("eager_kernels.sampler.generate", counting)
     res2 = _run(tiny, tmp_path, theta_sweep=[0.5, 100.0])
     assert calls == []
     assert res2["rows"] == res["rows"]
@@ -300,7 +299,7 @@ def test_batch_invariant_records_do_not_depend_on_batch_size(tiny, tmp_path, mon
         calls.append(len(ids))
         return real(model, ids, *args, **kw)
 
-    monkeypatch.setattr("eager_kernels.generate", counting)
+    monkeypatch.setattr("eager_kernels.sampler.generate", counting)
     c = _run_bs(tiny, tmp_path / "a", 1, True)
     assert c["run"] == a["run"]
     assert sorted(calls) == [1, 1, 1]

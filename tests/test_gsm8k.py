@@ -8,8 +8,7 @@ import pytest
 
 from eager_kernels.evaluation import analysis
 from eager_kernels.evaluation.runner import METHODS, EvalConfig, _majority
-from eager_kernels.evaluation.suites import (GSM8K_DIR, GSM8K_FEWSHOT_POOL, build_suite, gold_answer,
-                                             gsm8k_suite, load_jsonl, solution_for_prompt, vote_key)
+from eager_kernels.evaluation.suites import (GSM8K_DIR, GSM8K_FEWSHOT_POOL, build_suite, gold_answer, gsm8k_suite, load_jsonl, solution_for_prompt, vote_key)
 
 from conftest import DigitTokenizer, make_tiny_llama
 
@@ -280,7 +279,7 @@ def test_end_to_end_dataset_and_resume(tiny, dataset, tmp_path, monkeypatch):
 
     calls = []
     real = sampler.generate
-    monkeypatch.setattr("eager_kernels.generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("eager_kernels.sampler.generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     res2 = run_eval(tiny, DigitTokenizer(), _cfg(dataset), out, progress=False, log=lambda *a: None, plot=False)
     assert calls == [] and res2["rows"] == res["rows"]
     # Other gold answers (same questions): a different run, nothing reused.
@@ -333,7 +332,7 @@ def test_gsm8k_prompt_has_examples_and_instruction():
 
 def test_cli_options(tmp_path, capsys, monkeypatch):
     """Bad options and data fail with exit 2 (or a usage error) before any model loads."""
-    from eager_kernels import models
+    from eager_kernels.engines import models
     from eager_kernels.evaluation import build_parser, main
 
     def no_model(*a, **k):

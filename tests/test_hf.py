@@ -519,7 +519,7 @@ def test_example_script_runs_offline():
 def test_monitor_in_llama_cpp_on_the_default_gguf():
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     np = pytest.importorskip("numpy")
-    from eager_kernels.models import find_default_gguf
+    from eager_kernels.engines.models import find_default_gguf
 
     llm = llama_cpp.Llama(model_path=str(find_default_gguf()), n_ctx=256, verbose=False, seed=0)
     prompt = "The capital of France is"

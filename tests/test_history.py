@@ -58,7 +58,7 @@ def test_capacity_is_all_or_nothing(backend):
 def test_reference_append_flags_overflow_without_writing_out_of_bounds():
     """The device path (no host sync): a group that would overflow keeps its values and
     gets its flag; other groups are appended; check() then raises."""
-    from eager_kernels import reference
+    from eager_kernels.kernels import reference
 
     values = torch.full((2, 3), float("inf"))
     count = torch.zeros(2, dtype=torch.int64)

@@ -27,7 +27,7 @@ CHILD = textwrap.dedent("""
     import json, math, sys
     import torch
     from eager_kernels.engines.llamacpp import LlamaCppEngine
-    from eager_kernels.models import default_gguf_path
+    from eager_kernels.engines.models import default_gguf_path
     eng = LlamaCppEngine(default_gguf_path(sys.argv[1]), n_threads=2)
     ids = eng.tokenizer.encode(sys.argv[2])
     logits = eng.prefill([ids], max_rows=1, max_new_tokens=int(sys.argv[3]))
@@ -43,7 +43,7 @@ CHILD = textwrap.dedent("""
 
 def _decode_in_child(weight_type):
     pytest.importorskip("llama_cpp", reason="the llama.cpp engine needs llama-cpp-python (make install)")
-    from eager_kernels.models import default_gguf_path
+    from eager_kernels.engines.models import default_gguf_path
 
     try:
         default_gguf_path("q4_1")

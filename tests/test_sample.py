@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import eager_kernels as ek
-from eager_kernels import reference
+from eager_kernels.kernels import reference
 
 from conftest import (BACKENDS, DTYPE_LIST, INTERP, KINDS, NATIVE, interpreted, make_logits, max_elements, rotation,
                       sweep)

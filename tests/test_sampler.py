@@ -31,7 +31,7 @@ def _backends():
     names = ["torch"]
     if ek.cpu_extension_available():
         names.append("cpu")
-    if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("eager_kernels.triton_kernels"):
+    if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("eager_kernels.kernels.triton"):
         names.append("triton")  # interpreted on CPU: the shapes below stay tiny
     return names
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from eager_kernels.models import find_default_gguf
+from eager_kernels.engines.models import find_default_gguf
 
 _missing = [m for m in ("fastapi", "uvicorn", "prometheus_client", "openai", "llama_cpp")
             if importlib.util.find_spec(m) is None]

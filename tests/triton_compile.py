@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ptxas-info", action="store_true", help="also print registers and spills per kernel")
     args = ap.parse_args(argv)
 
-    from eager_kernels import triton_kernels as tk
+    from eager_kernels.kernels import triton as tk
 
     if args.fallback_topk:
         tk._HAS_TL_TOPK = tl.constexpr(False)

@@ -13,7 +13,7 @@
     fixes it; a branch opens min(num_branches, 10 // (1 + branches so far)) children with
     the top-n tokens; after each step the 32 best cumulative log-probability paths survive
     (finished ones included); the answer is the best log-probability per token.
-(b) eager_kernels.generate, seed policy, backend "torch" (the ops of eager_kernels.reference).
+(b) eager_kernels.generate, seed policy, backend "torch" (the ops of eager_kernels.kernels.reference).
 (c) eager_kernels.generate, seed policy, the fused backend ("auto": the C++ kernels).
 (d) model.generate(do_sample=True, num_return_sequences=N, max_new_tokens=T) with N = the
     number of paths eager_kernels.generate returned: as many sequences and new tokens.
@@ -44,9 +44,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import benchmarking as bm
+from ..kernels.registry import resolve as resolve_backend
+from . import common as bm
+from .common import PROMPT
 
-PROMPT = "What is 17 + 25?"
 RESULTS = Path("benchmarks") / "results" / "decode.csv"
 FIELDS = ["date", "cpu", "threads", "torch", "transformers", "load_avg", "max_new_tokens", "method", "engine",
           "seconds_median", "seconds_best", "cpu_seconds_median", "sequences", "tokens", "ms_per_token", "forwards",
@@ -170,14 +171,14 @@ def main(argv=None) -> int:
 
     import transformers
 
-    import eager_kernels as ek
-    from eager_kernels.models import load_default_model
+    from .. import sampler as ek
+    from eager_kernels.engines.models import load_default_model
 
     model, tok = load_default_model()
     enc = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True)
     prompt_ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
     T = args.max_new_tokens
-    fused = ek._registry.resolve(args.backend, model.device)
+    fused = resolve_backend(args.backend, model.device)
     rows = []
 
     with torch.inference_mode():
@@ -317,7 +318,7 @@ def _row(r: dict) -> dict:
 
 def _llama_engine(args):
     from ..engines import LlamaCppEngine
-    from ..models import GGUF_WEIGHT_TYPE, default_gguf_path
+    from ..engines.models import GGUF_WEIGHT_TYPE, default_gguf_path
 
     wt = args.weight_type or GGUF_WEIGHT_TYPE
     return LlamaCppEngine(default_gguf_path(wt), n_threads=args.threads or torch.get_num_threads()), wt
@@ -325,7 +326,7 @@ def _llama_engine(args):
 
 def _llama_rows(args, prompt_ids, T) -> list:
     """(e) EAGer on llama.cpp, seed policy, and (f) llama.cpp's own decode of the same rows."""
-    import eager_kernels as ek
+    from .. import sampler as ek
 
     from .engines import eager_rows, llama_anchor
 

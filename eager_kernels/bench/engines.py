@@ -45,7 +45,7 @@ def step_table(threads: int, repeats: int = 9, weight_types=("q4_1", "q8_0", "f1
     holds R rows that share
     a CONTEXT-token prompt (one prefill, then R - 1 forks), then decode steps are timed."""
     from ..engines import LlamaCppEngine, TransformersEngine
-    from ..models import default_gguf_path, load_default_model
+    from ..engines.models import default_gguf_path, load_default_model
 
     torch.set_num_threads(threads)
     model, tok = load_default_model()
@@ -76,7 +76,7 @@ def step_table(threads: int, repeats: int = 9, weight_types=("q4_1", "q8_0", "f1
 def eager_rows(engine, prompt_ids, cfg, repeats: int, tokenizer=None) -> dict:
     """Time generate(engine, [prompt_ids], cfg): median wall s, tokens, forks, steps, rows
     per step, and (llama.cpp) the seconds inside llama_decode."""
-    import eager_kernels as ek
+    from .. import sampler as ek
 
     rows_per_step = []
     orig_decode = engine.decode

@@ -7,9 +7,9 @@
 
 Backends ("impl" in the CSV):
   torch      the plain torch ops a user writes, each in its fastest form
-             (eager_kernels.benchmarking.plain_*): the reference every ratio is taken against
+             (eager_kernels.bench.common.plain_*): the reference every ratio is taken against
   compile    the same functions under torch.compile(dynamic=True)
-  reference  eager_kernels with backend="torch" (eager_kernels.reference: written for clarity
+  reference  eager_kernels with backend="torch" (eager_kernels.kernels.reference: written for clarity
              and bit-exact randomness, not speed)
   cpu        the C++ kernels (CPU device, extension built)
   triton     the Triton kernels (CUDA device)
@@ -44,6 +44,9 @@ from pathlib import Path
 
 import torch
 
+from ..kernels.history import EntropyHistory
+from ..kernels.registry import cpu_extension_available
+
 BACKENDS = ("torch", "compile", "reference", "cpu", "triton")
 OPS = ("entropy", "entropy_top20", "topk_logprobs", "sample", "threshold", "eager_step", "eager_step_greedy")
 K, TOP_K, TEMPERATURE, Q, THETA, INITIAL = 4, 20, 0.6, 99.0, 2.0, 5.0
@@ -59,10 +62,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def available_backends(device: str) -> list[str]:
     """The backends that run on `device` in this environment."""
-    import eager_kernels as ek
+    from ..kernels import ops as ek
 
     names = ["torch", "compile", "reference"]
-    if device == "cpu" and ek.cpu_extension_available():
+    if device == "cpu" and cpu_extension_available():
         names.append("cpu")
     if device == "cuda":
         names.append("triton")
@@ -82,7 +85,7 @@ class _Case:
     """The inputs of one (B, V, dtype) case and a callable per (op, backend)."""
 
     def __init__(self, rows, vocab, dtype, device, dist, compiled):
-        from .. import benchmarking as bm
+        from . import common as bm
 
         self.device = device
         self.x = bm.bench_logits(rows, vocab, dtype, device, dist, seed=rows * 1_000_003 + vocab)
@@ -97,18 +100,18 @@ class _Case:
     def history(self, backend, op):
         """A history per backend and op of HISTORY_LEN values per group, refilled every REFILL steps
         (inside the timed call, without a host sync) so its size stays near HISTORY_LEN."""
-        import eager_kernels as ek
+        from ..kernels import ops as ek
 
         if (backend, op) not in self._histories:
             rows = self.x.shape[0]
-            h = ek.EntropyHistory(self.groups, HISTORY_LEN + REFILL * rows, device=self.device, backend=backend)
+            h = EntropyHistory(self.groups, HISTORY_LEN + REFILL * rows, device=self.device, backend=backend)
             fill = (self.hist_plain.flatten(), torch.arange(self.groups, device=self.device).repeat_interleave(HISTORY_LEN))
             h.append(*fill)
             self._histories[backend, op] = (h, fill)
         return self._histories[backend, op]
 
     def plain(self, op):
-        from .. import benchmarking as bm
+        from . import common as bm
 
         x, hist, group = self.x, self.hist_plain, self.group
         return {
@@ -133,7 +136,7 @@ class _Case:
         return lambda: fn(x)
 
     def fused(self, op, backend):
-        import eager_kernels as ek
+        from ..kernels import ops as ek
 
         x, group = self.x, self.group
         if op == "entropy":
@@ -171,7 +174,7 @@ class _Case:
 
 
 def _compile_all():
-    from .. import benchmarking as bm
+    from . import common as bm
 
     def step(temperature):
         return lambda x, h, g: bm.plain_torch_step(x, h, g, k=K, temperature=temperature, entropy_top_k=TOP_K,
@@ -190,7 +193,7 @@ def _compile_all():
 
 def _floor_seconds(x, device, copy_bw):
     """One amax pass on CPU; on CUDA the logits read at the measured copy bandwidth."""
-    from .. import benchmarking as bm
+    from . import common as bm
 
     if device == "cpu":
         return bm.read_floor_seconds(x)
@@ -201,7 +204,7 @@ def run_grid(*, device, backends, rows, vocab, dtypes, dist="randn3", ops=OPS, m
              max_seconds=1.5, log=print, csv_path=None):
     """Times every (dtype, B, V, op, backend); returns the CSV rows (dicts). With csv_path,
     the CSV is rewritten after every case, so an interrupted run keeps what it measured."""
-    from .. import benchmarking as bm
+    from . import common as bm
 
     if min_seconds is None:
         min_seconds = 0.3 if device == "cpu" else 0.1
@@ -263,11 +266,11 @@ def run_grid(*, device, backends, rows, vocab, dtypes, dist="randn3", ops=OPS, m
 
 
 def _cpu_isa():
-    import eager_kernels as ek
+    from ..kernels import ops as ek
 
-    if not ek.cpu_extension_available():
+    if not cpu_extension_available():
         return "none"
-    from eager_kernels import _C
+    from eager_kernels.kernels import _C
 
     return _C.isa()
 
@@ -446,7 +449,7 @@ def main(argv=None) -> int:
         if getattr(args, key):
             grid[key] = getattr(args, key)
 
-    from .. import benchmarking as bm
+    from . import common as bm
 
     env = bm.environment()
     print(f"# eager-kernels bench: {env['device']} ({device}, {env['threads']} threads), torch {env['torch']}, "

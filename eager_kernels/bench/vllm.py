@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from .. import benchmarking as bm
+from . import common as bm
 from ..engines.base import Engine
 
 RAW = Path("benchmarks") / "results" / "vllm_decode.txt"
@@ -130,7 +130,7 @@ def _timed(fn, repeats):
 def _prompts(tok, n: int) -> tuple:
     """The bench's prompt (n = 1) or the first n GSM8K test questions, zero-shot (n > 1), each
     through the chat template: (token id lists, a description for the table header)."""
-    from .decode import PROMPT
+    from .common import PROMPT
 
     if n == 1:
         enc = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True)
@@ -166,7 +166,7 @@ def run(args) -> int:
     """The rows above, printed as a table and appended to benchmarks/results/vllm_decode.txt."""
     import vllm
 
-    import eager_kernels as ek
+    from .. import sampler as ek
     from vllm import SamplingParams
 
     from ..engines.select import load

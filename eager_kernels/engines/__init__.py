@@ -10,10 +10,22 @@
 
 See docs/engines.md.
 """
-from .base import Engine, as_engine
+import torch
+
+from .base import Engine
 from .transformers import TransformersEngine
 
 __all__ = ["Engine", "LlamaCppEngine", "TransformersEngine", "VllmEngine", "as_engine"]
+
+
+def as_engine(model_or_engine, tokenizer=None) -> Engine:
+    """An Engine as is; a transformers model wrapped in TransformersEngine."""
+    if isinstance(model_or_engine, Engine):
+        return model_or_engine
+    if isinstance(model_or_engine, torch.nn.Module) and hasattr(model_or_engine, "config"):
+        return TransformersEngine(model_or_engine, tokenizer=tokenizer)
+    raise TypeError("generate: expected a transformers causal LM or an eager_kernels.engines.Engine "
+                    f"(e.g. LlamaCppEngine(path)), got {type(model_or_engine).__name__}")
 
 
 def __getattr__(name):

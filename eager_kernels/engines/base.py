@@ -106,18 +106,6 @@ class Engine(abc.ABC):
             torch.cuda.synchronize(self.device)
 
 
-def as_engine(model_or_engine, tokenizer=None) -> Engine:
-    """An Engine as is; a transformers model wrapped in TransformersEngine."""
-    if isinstance(model_or_engine, Engine):
-        return model_or_engine
-    if isinstance(model_or_engine, torch.nn.Module) and hasattr(model_or_engine, "config"):
-        from .transformers import TransformersEngine
-
-        return TransformersEngine(model_or_engine, tokenizer=tokenizer)
-    raise TypeError("generate: expected a transformers causal LM or an eager_kernels.engines.Engine "
-                    f"(e.g. LlamaCppEngine(path)), got {type(model_or_engine).__name__}")
-
-
 def check_token_ids(prompts: Sequence[Sequence[int]], vocab_size: int, what: str = "input_ids") -> None:
     """Every id in [0, vocab_size), else a ValueError naming the argument, the sequence and the id."""
     for i, p in enumerate(prompts):

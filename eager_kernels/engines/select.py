@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from pathlib import Path
+from typing import Optional
 
 ENGINES = ("auto", "transformers", "llamacpp", "vllm")
 
@@ -41,7 +42,7 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=Non
         if gguf:
             path, name = Path(gguf), Path(gguf).name
         else:
-            from ..models import GGUF_WEIGHT_TYPE, default_gguf_path
+            from .models import GGUF_WEIGHT_TYPE, default_gguf_path
 
             path = default_gguf_path()
             name = f"SmolLM2-135M-Instruct (default, GGUF {GGUF_WEIGHT_TYPE.upper()})"
@@ -49,7 +50,7 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=Non
         return eng, eng.tokenizer, f"{name} on llama.cpp", time.perf_counter() - t0
     if gguf:
         raise ValueError("--gguf needs --engine llamacpp (or auto with llama-cpp-python installed)")
-    from ..models import load_default_model, load_model
+    from .models import load_default_model, load_model
 
     if model_dir:
         model, tok = load_model(model_dir)
@@ -73,10 +74,33 @@ def _load_vllm(model_dir, gguf, t0):
     if model_dir:
         path, name = Path(model_dir), str(model_dir)
     else:
-        from ..models import default_model_dir, load_default_model
+        from .models import default_model_dir, load_default_model
 
         load_default_model()  # converts the shipped GGUF once into default_model_dir()
         path, name = default_model_dir(), "SmolLM2-135M-Instruct (default)"
     args = {"dtype": "float32"} if current_platform.device_type == "cpu" else {}
     eng = VllmEngine(path, **args)
     return eng, eng.tokenizer, f"{name} on vLLM", time.perf_counter() - t0
+
+
+def default_model_factory(path: Optional[str] = None, *, engine: str = "transformers",
+                          gguf: Optional[str] = None, threads: Optional[int] = 1):
+    """A picklable factory of (model or engine, tokenizer): on the transformers engine the
+    default model (path None) or a local model directory; on the llama.cpp engine
+    (engine="llamacpp") the default GGUF or `gguf`, with `threads` llama.cpp threads."""
+    if engine not in ("transformers", "llamacpp"):
+        raise ValueError(f"engine: expected 'transformers' or 'llamacpp', got {engine!r}")
+    return _ModelFactory(path, engine, gguf, threads)
+
+
+class _ModelFactory:
+    def __init__(self, path, engine="transformers", gguf=None, threads=1):
+        self.path, self.engine, self.gguf, self.threads = path, engine, gguf, threads
+
+    def __call__(self):
+        if self.engine == "llamacpp":
+            model, tok, _, _ = load("llamacpp", model_dir=self.path, gguf=self.gguf, threads=self.threads)
+            return model, tok
+        from .models import load_default_model, load_model
+
+        return load_model(self.path) if self.path else load_default_model()

@@ -529,7 +529,7 @@ def _create_llm(vllm, path: Path, engine_args: dict):
         raise FileNotFoundError(f"VllmEngine: no model directory at {path}")
     if not (path / "config.json").exists():
         raise ValueError(f"VllmEngine: {path} is not a transformers model directory (no config.json); vLLM loads "
-                         "those (for the default model: eager_kernels.models.load_default_model() writes one)")
+                         "those (for the default model: eager_kernels.engines.models.load_default_model() writes one)")
     mp = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     if mp not in (None, "0"):
         raise ValueError("VllmEngine needs VLLM_ENABLE_V1_MULTIPROCESSING=0 (the engine core in this process); "

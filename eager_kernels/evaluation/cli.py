@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="run the prompts on Ray workers (eager_kernels.distributed): ADDRESS of a "
+                   help="run the prompts on Ray workers (eager_kernels.evaluation.ray): ADDRESS of a "
                         "cluster (e.g. auto), or none for RAY_ADDRESS / a local Ray")
     p.add_argument("--workers", type=int, default=1, help="Ray actors, each loads the model once (default 1)")
     p.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
@@ -114,7 +114,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, the
     """Run (or resume) the evaluation; returns {"rows", "sweep", "files", "run", "paired",
     "branching"} (and "ray_timings" on Ray). model: what eager_kernels.generate takes (a
     transformers model or an engine), passed straight through; suite: default
-    build_suite(cfg); ray: the keyword arguments of distributed.RayEvalRunner
+    build_suite(cfg); ray: the keyword arguments of evaluation.ray.RayEvalRunner
     (model_factory, workers, address, ...) to run the prompts on Ray workers instead of in
     this process (the same records)."""
     out = Path(out_dir)
@@ -134,7 +134,7 @@ def run_eval(model, tokenizer, cfg: EvalConfig, out_dir, *, methods=METHODS, the
     runs = [(m, None) for m in methods] + [(m, th) for th in theta_sweep or [] for m in sweep_methods]
     runner = ev
     if ray is not None:
-        from ..distributed import RayEvalRunner
+        from .ray import RayEvalRunner
 
         runner = RayEvalRunner(ev, **ray)
         runner.run_many(runs)  # every method's prompts in two Ray pipelines
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     if args.ray is not None:
         if args.workers < 1:
             parser.error("--workers must be >= 1")
-        from ..distributed import default_model_factory
+        from ..engines.select import default_model_factory
 
         on = resolve(args.engine, model_dir=args.model)
         ray = dict(model_factory=default_model_factory(args.model, engine=on, gguf=args.gguf), workers=args.workers,

@@ -26,7 +26,7 @@ the whole suite, not per batch: the allocation is computed from all init records
 extra stages run in batches of prompts that receive the same number of extra paths, with
 seed + 1. Each prompt's key is its index in the suite (generate's prompt_keys; parallel's
 j-th sample of task i has key mix(i, j)), so a prompt's random draws do not depend on how
-the prompts are batched or sharded (in process or on Ray workers, see distributed.py). Its
+the prompts are batched or sharded (in process or on Ray workers, see evaluation/ray.py). Its
 logits do, on both shipped engines (engines/base.py, "Batch invariance"), and an entropy
 near the threshold can then flip a branch: with batch_invariant (eval --batch-invariant,
 the default with --ray) each prompt decodes in engine calls of its own, its records do not
@@ -202,7 +202,7 @@ class Evaluator:
         return [r for r in (self.store.get(self.key(lab, t.id)) for t in self.tasks) if r is not None]
 
     def _eager_config(self, **kw):
-        from .. import EagerConfig
+        from ..sampler import EagerConfig
 
         base = dict(max_new_tokens=self.cfg.max_new_tokens, backend=self.cfg.backend, seed=self.cfg.seed,
                     batch_invariant=self.cfg.batch_invariant)
@@ -224,7 +224,7 @@ class Evaluator:
     def _call(self, ids: list, config, keys: list) -> tuple:
         """The one place the evaluation calls generate() (every method, every stage); keys:
         each prompt's key (its task id, or a mix of it for parallel samples)."""
-        from .. import generate
+        from ..sampler import generate
 
         t0 = time.perf_counter()
         out = generate(self.model, ids, config, tokenizer=self.tok, prompt_keys=keys)
@@ -349,7 +349,7 @@ class Evaluator:
     def allocate(self, method: str, theta: Optional[float] = None) -> list:
         """Extra paths per task id for eager_adapt / eager_full, from the eager_init records
         of this theta (all of them must be in the store)."""
-        from .. import allocate_budget
+        from ..sampler import allocate_budget
 
         init = {r["prompt_id"]: r for r in self.records(label("eager_init", theta))}
         M = self.cfg.max_paths

@@ -270,7 +270,7 @@ def eager_generate(model, input_ids: torch.LongTensor, logits_processor=None, st
     if mask is not None and mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
 
-    from .. import generate as eager_kernels_generate
+    from ..sampler import generate as eager_kernels_generate
 
     out = eager_kernels_generate(model, input_ids, cfg, attention_mask=mask, tokenizer=eager_tokenizer)
     return _to_output(out, input_ids, generation_config)

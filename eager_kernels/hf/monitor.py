@@ -21,9 +21,9 @@ from typing import Optional
 
 import torch
 
-from .. import ops
-from .._checks import check_backend
-from ..history import EntropyHistory
+from ..kernels import ops
+from ..kernels.checks import check_backend
+from ..kernels.history import EntropyHistory
 from ..sampler import EagerConfig
 
 try:

@@ -27,10 +27,10 @@ import time
 
 import torch
 
-from .. import ops
+from ..kernels import ops
 from ..engines.base import Engine
 from ..engines.transformers import kv_bytes_per_token  # noqa: F401  (re-exported by the sampler)
-from ..history import EntropyHistory
+from ..kernels.history import EntropyHistory
 from .config import EagerConfig
 from .keys import child_keys, root_keys
 

@@ -6,7 +6,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..engines.base import as_engine, check_token_ids, union_token_ids
+from ..engines import as_engine
+from ..engines.base import check_token_ids, union_token_ids
 from .budget import allocate_budget
 from .config import EagerConfig, EagerOutput, Metrics, Path, PromptResult
 from .decode import run_stage

@@ -2,13 +2,13 @@
 implementations, and the choice of backend.
 
 The dispatcher path (torch.ops.eager_kernels.*) is what torch.compile traces through; the
-public functions in eager_kernels.ops call a backend's implementation directly when not
+public functions in eager_kernels.kernels.ops call a backend's implementation directly when not
 compiling, which skips the several microseconds a dispatcher round trip costs.
 
 Backends, each a namespace of the same functions (see _BackendTorch for the signatures):
-- "torch": eager_kernels.reference plus the value checks; the oracle.
-- "cpu":   the C++ extension eager_kernels._C (built at install time), CPU tensors only.
-- "triton": eager_kernels.triton_kernels (CUDA tensors, or CPU tensors under
+- "torch": eager_kernels.kernels.reference plus the value checks; the oracle.
+- "cpu":   the C++ extension eager_kernels.kernels._C (built at install time), CPU tensors only.
+- "triton": eager_kernels.kernels.triton (CUDA tensors, or CPU tensors under
   TRITON_INTERPRET=1, which is how the tests run it here).
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ import warnings
 
 import torch
 
-from . import _checks, errors, reference
-from .errors import BackendUnavailableError
+from . import checks as _checks, reference
+from .. import errors
+from ..errors import BackendUnavailableError
 
 NAMESPACE = "eager_kernels"
 
@@ -159,7 +160,7 @@ def cpu_extension_error() -> str | None:
 
 def _cpu_unavailable() -> BackendUnavailableError:
     return BackendUnavailableError(
-        "backend='cpu': the C++ extension eager_kernels._C is not available "
+        "backend='cpu': the C++ extension eager_kernels.kernels._C is not available "
         f"({_cpu_ext_error}); build it by reinstalling from a checkout with "
         "`pip install --no-build-isolation -e .` against the installed torch (without "
         "EAGER_KERNELS_SKIP_CPP=1 at install and EAGER_KERNELS_DISABLE_CPP=1 at run time), "
@@ -175,14 +176,14 @@ def _cpu_backend():
     if _cpu_ext is None:
         raise _cpu_unavailable()
     if _cpu_backend_module is None:  # imported once (an import statement per call costs ~0.4 us)
-        from . import cpu_backend
+        from . import cpu as cpu_backend
 
         _cpu_backend_module = cpu_backend
     return _cpu_backend_module
 
 
 def _triton_backend():
-    from . import triton_kernels  # imports triton on first use only
+    from . import triton as triton_kernels  # imports triton on first use only
 
     return triton_kernels
 
