@@ -5,6 +5,7 @@ switched on before triton is first imported (eager_kernels imports it lazily).
 """
 import importlib.util
 import itertools
+import math
 import os
 import warnings
 
@@ -113,6 +114,86 @@ ENTROPY_TOL = dict(atol=2e-4, rtol=2e-5)
 LOGPROB_TOL = dict(atol=2e-4, rtol=2e-5)
 
 KINDS = ["normal", "masked", "ties", "huge", "peaked"]
+
+
+# ---------------------------------------------------------------------------------------
+# Float32 results whose accumulation order can differ: another CPU (its SIMD width, its
+# BLAS kernel), the thread count, another backend's reduction tree, a padded batch.
+# ---------------------------------------------------------------------------------------
+
+FLOAT32_U = 2.0**-24  # float32 unit roundoff (round to nearest)
+
+
+def float32_tolerance(n_terms: int, magnitude: float, steps: int = 1) -> float:
+    """The largest difference expected between two float32 evaluations of one result that
+    differ only in the order of their accumulations: sqrt(2 N) * u * magnitude, with
+    N = n_terms * steps and u = 2**-24.
+
+    The model: the result passes through float32 reductions of n_terms terms in all (summed
+    over every reduction on its way: each matmul's inner size, a norm's width, the
+    attention's sequence length, the vocabulary of a log-softmax), over `steps` steps whose
+    results are added (a path's cumulative log-probability), and no value involved exceeds
+    `magnitude` in absolute value (the largest |logit|: hidden states, probabilities and
+    exp terms are smaller). Each of the N roundings errs by at most u * magnitude. In the
+    worst case the errors add up, |fl(sum) - sum| <= gamma_N * sum|x_i| with gamma_N =
+    N u / (1 - N u) (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., sec.
+    3.1 and 4.2); modelled as independent zero-mean variables they grow like sqrt(N) u
+    magnitude instead (Higham and Mary, SIAM J. Sci. Comput. 41 (2019) A2815), and two
+    evaluations differ by 2N of them. This returns that estimate. The worst case gamma_N
+    is about sqrt(N / 2) times larger (1.5e-2 instead of 1.7e-4 for a 10-token path of
+    tests/test_engine_baseline.py), too large to tell rounding from a dropped step.
+
+    Measured against it (tests/test_engine_baseline.py, the recorded cases under other
+    accumulation orders: 2 threads, other C++ tiers, ATEN_CPU_CAPABILITY=default / avx2,
+    MKL_CBWR=COMPATIBLE): the largest difference stayed below a tenth of it."""
+    return math.sqrt(2 * n_terms * steps) * FLOAT32_U * magnitude
+
+
+def llama_reduction_terms(config, seq_len: int) -> int:
+    """n_terms of float32_tolerance for one next-token distribution of a Llama forward over
+    seq_len positions: per layer the two RMSNorms and the q/k/v, o and gate/up projections
+    (hidden size each), the attention's q.k (head size), its softmax sum and its weighted
+    sum of V (seq_len each) and the down projection (intermediate size); then the final
+    RMSNorm and the output head (hidden size), and the two vocabulary-wide sums of a
+    log-softmax and an entropy."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    head = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    per_layer = 5 * hidden + head + 2 * seq_len + inter
+    return config.num_hidden_layers * per_layer + 2 * hidden + 2 * config.vocab_size
+
+
+def max_abs_logit(model, sequences) -> float:
+    """The largest |logit| the model gives over these token sequences (every position; one
+    torch thread, restored after): the magnitude for float32_tolerance."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return max(float(model(input_ids=torch.tensor([list(s)])).logits.abs().max()) for s in sequences)
+    finally:
+        torch.set_num_threads(before)
+
+
+class PathTolerance:
+    """The float32 tolerances of generate()'s paths on a Llama when the accumulation order may
+    differ (float32_tolerance): n_terms = llama_reduction_terms(config, seq_len) with seq_len
+    the left-padded batch's length (longest prompt + max_new_tokens), the magnitude the
+    largest |logit| over `sequences` (prompt + generated tokens of the paths compared).
+    logprob(steps): a cumulative log-probability over `steps` tokens; entropy: one step."""
+
+    def __init__(self, model, sequences, seq_len: int):
+        self.n_terms = llama_reduction_terms(model.config, seq_len)
+        self.magnitude = max_abs_logit(model, sequences)
+        self.entropy = float32_tolerance(self.n_terms, self.magnitude)
+
+    def logprob(self, steps: int) -> float:
+        return float32_tolerance(self.n_terms, self.magnitude, steps)
+
+    @classmethod
+    def of_results(cls, model, prompts, results, max_new_tokens: int):
+        """From generate()'s results for these prompts (one PromptResult per prompt)."""
+        seqs = [list(prompt) + p.token_ids for prompt, r in zip(prompts, results) for p in r.paths]
+        return cls(model, seqs, max(map(len, prompts)) + max_new_tokens)
 
 
 def make_logits(rows, vocab, *, dtype=torch.float32, kind="normal", seed=0, device="cpu",
