@@ -149,17 +149,18 @@ def float32_tolerance(n_terms: int, magnitude: float, steps: int = 1) -> float:
     return math.sqrt(2 * n_terms * steps) * FLOAT32_U * magnitude
 
 
-def llama_reduction_terms(config, seq_len: int) -> int:
+def llama_reduction_terms(config, seq_len: int, *, logits_only: bool = False) -> int:
     """n_terms of float32_tolerance for one next-token distribution of a Llama forward over
     seq_len positions: per layer the two RMSNorms and the q/k/v, o and gate/up projections
     (hidden size each), the attention's q.k (head size), its softmax sum and its weighted
     sum of V (seq_len each) and the down projection (intermediate size); then the final
-    RMSNorm and the output head (hidden size), and the two vocabulary-wide sums of a
-    log-softmax and an entropy."""
+    RMSNorm and the output head (hidden size), and (unless logits_only) the two
+    vocabulary-wide sums of a log-softmax and an entropy."""
     hidden, inter = config.hidden_size, config.intermediate_size
     head = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     per_layer = 5 * hidden + head + 2 * seq_len + inter
-    return config.num_hidden_layers * per_layer + 2 * hidden + 2 * config.vocab_size
+    softmax = 0 if logits_only else 2 * config.vocab_size
+    return config.num_hidden_layers * per_layer + 2 * hidden + softmax
 
 
 def max_abs_logit(model, sequences) -> float:
@@ -174,26 +175,50 @@ def max_abs_logit(model, sequences) -> float:
         torch.set_num_threads(before)
 
 
+def llama_logit_bound(model) -> float:
+    """A bound on |logit| of a Llama for any input (the magnitude for float32_tolerance where
+    the sequences are not at hand): the final RMSNorm's output h has ||h||_2 <= max|g| *
+    sqrt(hidden) (x / rms(x) has norm sqrt(hidden)), so |w_i . h| <= ||w_i||_2 * max|g| *
+    sqrt(hidden) (Cauchy-Schwarz). About 2.4 times the largest logit seen on the tiny Llama."""
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight.norm(dim=1).max()
+        gain = model.model.norm.weight.abs().max()
+    return float(head * gain) * math.sqrt(model.config.hidden_size)
+
+
 class PathTolerance:
     """The float32 tolerances of generate()'s paths on a Llama when the accumulation order may
-    differ (float32_tolerance): n_terms = llama_reduction_terms(config, seq_len) with seq_len
-    the left-padded batch's length (longest prompt + max_new_tokens), the magnitude the
-    largest |logit| over `sequences` (prompt + generated tokens of the paths compared).
-    logprob(steps): a cumulative log-probability over `steps` tokens; entropy: one step."""
+    differ (float32_tolerance of n_terms and the largest |logit| over `sequences`, the
+    prompts + generated tokens of the paths compared). logprob(steps): a cumulative
+    log-probability over `steps` tokens; entropy: one step's.
 
-    def __init__(self, model, sequences, seq_len: int):
-        self.n_terms = llama_reduction_terms(model.config, seq_len)
+    forward(...): the model's forward can differ (another CPU, the thread count, a padded
+    batch against a prompt alone, a cache against a recomputation): n_terms =
+    llama_reduction_terms at the left-padded batch's length (longest prompt +
+    max_new_tokens). kernels(...): the same logits, only the ops differ (another backend):
+    n_terms = the two vocabulary-wide sums of a log-softmax and an entropy."""
+
+    def __init__(self, model, sequences, n_terms: int):
+        self.n_terms = n_terms
         self.magnitude = max_abs_logit(model, sequences)
         self.entropy = float32_tolerance(self.n_terms, self.magnitude)
 
     def logprob(self, steps: int) -> float:
         return float32_tolerance(self.n_terms, self.magnitude, steps)
 
+    @staticmethod
+    def sequences(prompts, results):
+        """prompt + token ids of every path of generate()'s results (one per prompt)."""
+        return [list(prompt) + p.token_ids for prompt, r in zip(prompts, results) for p in r.paths]
+
     @classmethod
-    def of_results(cls, model, prompts, results, max_new_tokens: int):
-        """From generate()'s results for these prompts (one PromptResult per prompt)."""
-        seqs = [list(prompt) + p.token_ids for prompt, r in zip(prompts, results) for p in r.paths]
-        return cls(model, seqs, max(map(len, prompts)) + max_new_tokens)
+    def forward(cls, model, prompts, results, max_new_tokens: int):
+        n_terms = llama_reduction_terms(model.config, max(map(len, prompts)) + max_new_tokens)
+        return cls(model, cls.sequences(prompts, results), n_terms)
+
+    @classmethod
+    def kernels(cls, model, prompts, results):
+        return cls(model, cls.sequences(prompts, results), 2 * model.config.vocab_size)
 
 
 def make_logits(rows, vocab, *, dtype=torch.float32, kind="normal", seed=0, device="cpu",

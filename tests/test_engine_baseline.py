@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import eager_kernels as ek  # noqa: E402
 from eager_kernels import EagerConfig, generate  # noqa: E402
 
-from conftest import PathTolerance, make_tiny_llama  # noqa: E402
+from conftest import PathTolerance, llama_reduction_terms, make_tiny_llama  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "engine_baseline.json"
 VOCAB, EOS = 160, 3
@@ -98,7 +98,7 @@ def _tolerance(model, data):
     seqs = [prompt + p["token_ids"] for case in data.values() for prompt, paths in zip(PROMPTS, case)
             for p in paths]
     longest = max(map(len, PROMPTS)) + max(c["max_new_tokens"] for c in CONFIGS.values())
-    return PathTolerance(model, seqs, longest)
+    return PathTolerance(model, seqs, llama_reduction_terms(model.config, longest))
 
 
 def _assert_close_to_recording(got, want, tol):
