@@ -39,7 +39,7 @@ def test_view_data_matches_the_paths(result):
             assert q["token_ids"] == p.token_ids and len(q["tokens"]) == n
             assert all(len(q[k]) == n for k in ("entropies", "thresholds", "token_logprobs"))
             assert q["branch_steps"] == p.branch_steps and q["finished"] == p.finished
-            assert q["score"] == pytest.approx(p.score, abs=1e-4)
+            assert q["score"] == p.score  # the path's own float, copied: no arithmetic
         assert all(t.startswith("[") for q in pr["paths"] for t in q["tokens"])  # no tokenizer: ids
 
 
