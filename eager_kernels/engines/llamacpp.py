@@ -419,11 +419,11 @@ class LlamaCppEngine(Engine):
             b.out[np.cumsum(lens) - 1] = 1
             self._call_decode(total)
             first = self._logits(G)
-        self._prompt_len = lens.astype(np.int32)
-        self._rows = np.arange(G)  # the prompt of each row
+        self._pos = lens.astype(np.int32)  # each row's next position
         self._seq = np.arange(G, dtype=np.int32)  # the sequence id of each row
         self._free = list(range(self._ctx_shape[1] - 1, G - 1, -1))  # free ids, popped from the end
-        self._steps = 0
+        self._prompt_cells = total  # prompt tokens prefilled since the context was cleared
+        self._stage_tokens = T
         self.last_decode_s = 0.0
         self.decode_calls = 0
         return first
@@ -432,12 +432,65 @@ class LlamaCppEngine(Engine):
         R = int(tokens.shape[0])
         b = self._batch
         b.token[:R] = tokens.numpy()
-        b.pos[:R] = self._prompt_len[self._rows] + self._steps
+        b.pos[:R] = self._pos
         b.seq[:R] = self._seq
         b.out[:R] = 1
         self._call_decode(R)
-        self._steps += 1
+        self._pos = self._pos + 1
         return self._logits(R)
+
+    def can_extend(self, prompts, *, max_rows, max_new_tokens) -> bool:
+        """Whether `extend(prompts)` fits the context made at the last prefill: sequence
+        slots for max_rows rows, a batch that holds them, and cells for the prompts and
+        max_new_tokens per row (unified: all prompts since the prefill, counted whole)."""
+        if self._ctx is None or self._seq is None:
+            return False
+        cells, seqs, batch = self._ctx_shape
+        lens = [len(p) for p in prompts]
+        if max_rows > seqs or max_rows > batch or len(prompts) > len(self._free):
+            return False
+        if max(lens) > batch if not self._unified else sum(lens) > batch:
+            return False
+        T = max(int(max_new_tokens), self._stage_tokens)
+        if self._unified:
+            return self._prompt_cells + sum(lens) + max_rows * T + max_rows <= cells
+        return max(lens) + T + 1 <= cells
+
+    def extend(self, prompts, *, max_rows, max_new_tokens):
+        """Prefill `prompts` into free sequences of the running context, as rows after the
+        current ones; returns their last tokens' logits [g, V]. The logits of the previous
+        decode are overwritten (copy them first)."""
+        if not self.can_extend(prompts, max_rows=max_rows, max_new_tokens=max_new_tokens):
+            raise ValueError("extend: the prompts do not fit the running context (check can_extend first)")
+        b = self._batch
+        seqs = [self._free.pop() for _ in prompts]
+        lens = np.array([len(p) for p in prompts], dtype=np.int64)
+        G = len(prompts)
+        if self._unified:
+            total = int(lens.sum())
+            b.token[:total] = np.concatenate([np.asarray(p, dtype=np.int32) for p in prompts])
+            b.pos[:total] = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
+            b.seq[:total] = np.repeat(np.asarray(seqs, dtype=np.int32), lens)
+            b.out[:total] = 0
+            b.out[np.cumsum(lens) - 1] = 1
+            self._call_decode(total)
+            first = self._logits(G).clone()
+        else:
+            first = torch.empty((G, self.vocab_size), dtype=torch.float32)
+            for g, p in enumerate(prompts):
+                n = int(lens[g])
+                b.token[:n] = np.asarray(p, dtype=np.int32)
+                b.pos[:n] = np.arange(n)
+                b.seq[:n] = seqs[g]
+                b.out[:n] = 0
+                b.out[n - 1] = 1
+                self._call_decode(n)
+                first[g] = self._logits(1)[0]
+        self._prompt_cells += int(lens.sum())
+        self._stage_tokens = max(self._stage_tokens, int(max_new_tokens))
+        self._seq = np.concatenate([self._seq, np.asarray(seqs, dtype=np.int32)])
+        self._pos = np.concatenate([self._pos, lens.astype(np.int32)])
+        return first
 
     def reorder(self, src):
         lib, mem = self._lib, self._mem
@@ -458,12 +511,12 @@ class LlamaCppEngine(Engine):
             lib.llama_memory_seq_cp(mem, int(new[i]), dst, -1, -1)
             new[i] = dst
         self._seq = new
-        self._rows = self._rows[src]
+        self._pos = self._pos[src]
 
     def release(self):
         if self._ctx is not None:
             self._lib.llama_memory_clear(self._mem, True)
-        self._rows = self._seq = None
+        self._pos = self._seq = None
 
     # -- internals ----------------------------------------------------------------------
 

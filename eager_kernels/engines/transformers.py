@@ -83,47 +83,85 @@ class TransformersEngine(Engine):
                 return src
         return self.eos_token_ids[0] if self.eos_token_ids else 0
 
-    def prefill(self, prompts, *, max_rows, max_new_tokens):
-        device = self.device
+    def _left_padded(self, prompts):
+        """Left-padded ids, their mask and position ids counted over real tokens only."""
         G, P = len(prompts), max(len(p) for p in prompts)
-        # Left-padded prompts, positions counted over real tokens only.
         ids = torch.full((G, P), self._pad_id(), dtype=torch.int64)
         pmask = torch.zeros((G, P), dtype=torch.int64)
         for g, p in enumerate(prompts):
             ids[g, P - len(p):] = torch.tensor(p, dtype=torch.int64)
             pmask[g, P - len(p):] = 1
-        ids, pmask = ids.to(device), pmask.to(device)
-        self._pmask = pmask
-        self._real_len = pmask.sum(1)
-        pos = (pmask.cumsum(1) - 1).clamp_min(0)
+        ids, pmask = ids.to(self.device), pmask.to(self.device)
+        return ids, pmask, (pmask.cumsum(1) - 1).clamp_min(0), any(len(p) < P for p in prompts)
+
+    def _forward_prompts(self, prompts, cache):
+        ids, pmask, pos, padded = self._left_padded(prompts)
+        extra = {self._keep_kw: 1} if self._keep_kw else {}
         # Without padding no mask is passed: transformers then needs none, and it does not
         # read the mask on the host (with padding it checks mask.all() once per forward, a
         # host sync inside the model that the loop cannot avoid for every attention
         # implementation).
-        self._padded = any(len(p) < P for p in prompts)
-        self._rows = torch.arange(G, device=device)  # the prompt of each row
-        self._steps = 0
-        self._ones = torch.ones((1, 1), dtype=torch.int64, device=device)
+        out = self.model(input_ids=ids, attention_mask=pmask if padded else None, position_ids=pos,
+                         use_cache=True, **{self._cache_kw: cache}, **extra)
+        return out.logits[:, -1, :], pmask, padded
+
+    def prefill(self, prompts, *, max_rows, max_new_tokens):
         self._cache = _new_cache(self.model)
-        extra = {self._keep_kw: 1} if self._keep_kw else {}
-        out = self.model(input_ids=ids, attention_mask=pmask if self._padded else None, position_ids=pos,
-                         use_cache=True, **{self._cache_kw: self._cache}, **extra)
-        return out.logits[:, -1, :]
+        logits, pmask, padded = self._forward_prompts(prompts, self._cache)
+        # Per row: the attention mask over the cache (None while no row is padded) and the
+        # next position (counted over real tokens).
+        self._mask = pmask if padded else None
+        self._pos = pmask.sum(1)
+        self._ones = torch.ones((1, 1), dtype=torch.int64, device=self.device)
+        return logits
 
     def decode(self, tokens):
         R = tokens.shape[0]
-        rows = self._rows
-        step_mask = torch.cat([self._pmask[rows], self._ones.expand(R, self._steps + 1)], dim=1) if self._padded else None
-        step_pos = (self._real_len[rows] + self._steps)[:, None]
-        out = self.model(input_ids=tokens[:, None], attention_mask=step_mask, position_ids=step_pos,
+        if self._mask is not None:
+            self._mask = torch.cat([self._mask, self._ones.expand(R, 1)], dim=1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self._mask, position_ids=self._pos[:, None],
                          use_cache=True, **{self._cache_kw: self._cache})
-        self._steps += 1
+        self._pos = self._pos + 1
         return out.logits[:, -1, :]
 
     def reorder(self, src):
         self._cache.reorder_cache(src)
-        self._rows = self._rows[src]
+        self._pos = self._pos[src]
+        if self._mask is not None:
+            self._mask = self._mask[src]
+
+    def can_extend(self, prompts, *, max_rows, max_new_tokens) -> bool:
+        """Whether `extend` can join prompts to the running cache: a DynamicCache whose
+        layers are all plain growing layers (no sliding window, no recurrent state)."""
+        cache = self._cache
+        return cache is not None and all(type(layer).__name__ == "DynamicLayer" and layer.is_initialized
+                                         for layer in getattr(cache, "layers", [None]))
+
+    def extend(self, prompts, *, max_rows, max_new_tokens):
+        """Prefill `prompts` in a cache of their own, then join it to the running cache as
+        rows after the current ones: both are left-padded (zero K/V, masked) to the longer
+        length. Returns the prompts' last-token logits [g, V]."""
+        if not self.can_extend(prompts, max_rows=max_rows, max_new_tokens=max_new_tokens):
+            raise ValueError("extend: the model's cache cannot take new rows (check can_extend first)")
+        new_cache = _new_cache(self.model)
+        logits, pmask, _ = self._forward_prompts(prompts, new_cache)
+        L, P = self._cache.get_seq_length(), new_cache.get_seq_length()
+        width = max(L, P)
+
+        def left(x, n):  # n zero positions before dim -2 ([B, H, L, D]) or dim 1 (masks)
+            if n == 0:
+                return x
+            return torch.nn.functional.pad(x, (0, 0, n, 0) if x.dim() == 4 else (n, 0))
+
+        for old, new in zip(self._cache.layers, new_cache.layers):
+            old.keys = torch.cat([left(old.keys, width - L), left(new.keys, width - P)])
+            old.values = torch.cat([left(old.values, width - L), left(new.values, width - P)])
+        mask = self._mask if self._mask is not None else torch.ones((self._pos.shape[0], L), dtype=torch.int64,
+                                                                     device=self.device)
+        self._mask = torch.cat([left(mask, width - L), left(pmask, width - P)])
+        self._pos = torch.cat([self._pos, pmask.sum(1)])
+        return logits
 
     def release(self):
         self._cache = None
-        self._pmask = self._real_len = self._rows = None
+        self._mask = self._pos = None

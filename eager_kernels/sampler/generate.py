@@ -10,7 +10,7 @@ from ..engines import as_engine
 from ..engines.base import check_token_ids, union_token_ids
 from .budget import allocate_budget
 from .config import EagerConfig, EagerOutput, Metrics, Path, PromptResult
-from .decode import run_stage
+from .scheduler import Scheduler, Unit
 from .keys import check_prompt_keys, stage_key
 
 
@@ -109,27 +109,32 @@ def isolates_prompts(engine, cfg) -> bool:
 
 def _stage(engine, prompts, keys, which, caps, name, cfg, eos, stops, tokenizer, metrics, progress,
            all_paths, peaks, events):
-    """One budget stage for the prompts `which` (caps: paths each), keyed by the stage's name.
-    In batch-invariant mode on an engine that is not batch-invariant, one run_stage per
-    prompt: the batch each of its rows sees is then its own prompt's rows, a function of
-    that prompt alone."""
-    groups = [[j] for j in range(len(which))] if isolates_prompts(engine, cfg) else [list(range(len(which)))]
-    raw, peak, bev = [None] * len(which), [0] * len(which), [0] * len(which)
+    """One budget stage for the prompts `which` (caps: paths each), keyed by the stage's name,
+    as one scheduler unit. In batch-invariant mode on an engine that is not batch-invariant,
+    one exclusive unit per prompt: the batch each of its rows sees is then its own prompt's
+    rows, a function of that prompt alone."""
+    stop_t = [torch.tensor(s, dtype=torch.int64, device=engine.device) for s in stops if len(s) > 0]
+    isolate = isolates_prompts(engine, cfg)
+    groups = [[j] for j in range(len(which))] if isolate else [list(range(len(which)))]
+    sched = Scheduler(engine)
+
+    def collect(group):
+        def done(unit, paths):
+            for j, raw, peak, ev in zip(group, paths, unit.peak, unit.events):
+                i = which[j]
+                peaks[i] = max(peaks[i], peak)
+                events[i] += ev
+                for d in raw:
+                    text = tokenizer.decode(d["token_ids"], skip_special_tokens=True) if tokenizer is not None else None
+                    all_paths[i].append(Path(prompt_index=i, stage=name, text=text, **d))
+        return done
+
     for group in groups:
-        try:
-            r, p, b = run_stage(engine, [prompts[which[j]] for j in group], [caps[j] for j in group], cfg,
-                                eos_ids=eos, stop_seqs=stops, seed=stage_key(cfg.seed, name), metrics=metrics,
-                                progress=progress, prompt_keys=[keys[which[j]] for j in group])
-        finally:
-            engine.release()
-        for j, rj, pj, bj in zip(group, r, p, b):
-            raw[j], peak[j], bev[j] = rj, pj, bj
-    for j, i in enumerate(which):
-        peaks[i] = max(peaks[i], peak[j])
-        events[i] += bev[j]
-        for d in raw[j]:
-            text = tokenizer.decode(d["token_ids"], skip_special_tokens=True) if tokenizer is not None else None
-            all_paths[i].append(Path(prompt_index=i, stage=name, text=text, **d))
+        sched.add(Unit(prompts=[prompts[which[j]] for j in group], caps=[caps[j] for j in group], cfg=cfg,
+                       seed=stage_key(cfg.seed, name), keys=[keys[which[j]] for j in group], eos=eos,
+                       stops=stop_t, metrics=metrics, progress=bool(progress), exclusive=isolate,
+                       on_done=collect(group)))
+    sched.run()
     metrics.stages.append(name)
 
 
