@@ -105,6 +105,19 @@ class Engine(abc.ABC):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    # Optional: prompts joining a running batch (the scheduler's continuous batching). An
+    # engine without them makes a new request wait until the running rows have finished.
+
+    def can_extend(self, prompts: Sequence[Sequence[int]], *, max_rows: int, max_new_tokens: int) -> bool:
+        """Whether extend(prompts) fits now, with max_rows rows in all afterwards."""
+        return False
+
+    def extend(self, prompts: Sequence[Sequence[int]], *, max_rows: int, max_new_tokens: int) -> torch.Tensor:
+        """Prefill `prompts` as new rows after the current ones, keeping the current rows'
+        cache; return the logits of each prompt's last token [g, V]. May overwrite the
+        logits the last decode returned (the caller copies them first)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot add rows to a running batch")
+
 
 def check_token_ids(prompts: Sequence[Sequence[int]], vocab_size: int, what: str = "input_ids") -> None:
     """Every id in [0, vocab_size), else a ValueError naming the argument, the sequence and the id."""

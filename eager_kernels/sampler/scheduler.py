@@ -251,6 +251,7 @@ class Scheduler:
         t0 = time.perf_counter()
         try:
             if self.running:
+                self.logits = self.logits.clone()  # an engine's logits may be a view it reuses
                 first = self.engine.extend(prompts, max_rows=rows, max_new_tokens=T)
             else:
                 first = self.engine.prefill(prompts, max_rows=max(rows, self.reserve_rows),
@@ -269,11 +270,8 @@ class Scheduler:
         self.logits = first if self.logits is None else torch.cat([self.logits, first])
 
     def _engine_can_extend(self, units: list) -> bool:
-        can = getattr(self.engine, "can_extend", None)
-        if can is None:
-            return False
         live = self.running + units
-        return bool(can([p for u in units for p in u.prompts], max_rows=sum(sum(u.keep) for u in live),
+        return bool(self.engine.can_extend([p for u in units for p in u.prompts], max_rows=sum(sum(u.keep) for u in live),
                          max_new_tokens=max(u.cfg.max_new_tokens for u in units)))
 
     def _place(self, u: Unit) -> None:
