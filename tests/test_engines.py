@@ -151,7 +151,7 @@ def _float32_atol(model, seqs, logits, refs):
     the same sums in another order (conftest.float32_tolerance), over the forward's
     reductions at the batch's padded length (the longest row) and the largest |logit|."""
     n_terms = llama_reduction_terms(model.config, max(map(len, seqs)), logits_only=True)
-    return float32_tolerance(n_terms, max(float(logits.abs().max()), *(float(r.abs().max()) for r in refs)))
+    return float32_tolerance(n_terms, max(float(t.detach().abs().max()) for t in [logits, *refs]))
 
 
 def test_engines_agree_on_the_same_weights(tiny_model, request):
