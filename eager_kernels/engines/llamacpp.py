@@ -462,8 +462,25 @@ class LlamaCppEngine(Engine):
         decode are overwritten (copy them first)."""
         if not self.can_extend(prompts, max_rows=max_rows, max_new_tokens=max_new_tokens):
             raise ValueError("extend: the prompts do not fit the running context (check can_extend first)")
-        b = self._batch
         seqs = [self._free.pop() for _ in prompts]
+        try:
+            first = self._prefill_into(prompts, seqs)
+        except BaseException:  # the running rows stay as they were
+            for s in seqs:
+                self._lib.llama_memory_seq_rm(self._mem, int(s), -1, -1)
+                self._free.append(int(s))
+            raise
+        lens = np.array([len(p) for p in prompts], dtype=np.int64)
+        self._prompt_cells += int(lens.sum())
+        self._stage_tokens = max(self._stage_tokens, int(max_new_tokens))
+        self._seq = np.concatenate([self._seq, np.asarray(seqs, dtype=np.int32)])
+        self._pos = np.concatenate([self._pos, lens.astype(np.int32)])
+        return first
+
+    def _prefill_into(self, prompts, seqs) -> torch.Tensor:
+        """The prompts decoded into sequences `seqs` (of the running context); their
+        last tokens' logits [g, V], copied."""
+        b = self._batch
         lens = np.array([len(p) for p in prompts], dtype=np.int64)
         G = len(prompts)
         if self._unified:
@@ -486,10 +503,6 @@ class LlamaCppEngine(Engine):
                 b.out[n - 1] = 1
                 self._call_decode(n)
                 first[g] = self._logits(1)[0]
-        self._prompt_cells += int(lens.sum())
-        self._stage_tokens = max(self._stage_tokens, int(max_new_tokens))
-        self._seq = np.concatenate([self._seq, np.asarray(seqs, dtype=np.int32)])
-        self._pos = np.concatenate([self._pos, lens.astype(np.int32)])
         return first
 
     def reorder(self, src):

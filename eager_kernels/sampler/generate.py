@@ -52,14 +52,14 @@ def _as_token_lists(inputs, tokenizer, attention_mask, chat_template) -> list:
     raise TypeError("generate: expected input_ids (tensor or lists of ints) or a list of strings")
 
 
-def _eos_ids(cfg, tokenizer, engine) -> list:
+def eos_ids(cfg, tokenizer, engine) -> list:
     if cfg.eos_token_id is not None:
         e = cfg.eos_token_id
         return [int(e)] if isinstance(e, int) else [int(x) for x in e]
     return union_token_ids([getattr(tokenizer, "eos_token_id", None), engine.eos_token_ids or None])
 
 
-def _stop_seqs(cfg, tokenizer) -> list:
+def stop_sequences(cfg, tokenizer) -> list:
     seqs = [list(map(int, s)) for s in (cfg.stop_branching_ids or [])]
     strings = cfg.stop_branching_at
     if isinstance(strings, str):
@@ -76,7 +76,7 @@ def _stop_seqs(cfg, tokenizer) -> list:
     return seqs
 
 
-def _best(paths) -> Optional[Path]:
+def best_path(paths) -> Optional[Path]:
     best = None
     for p in paths:  # first of equal scores wins
         if best is None or p.score > best.score:
@@ -84,7 +84,7 @@ def _best(paths) -> Optional[Path]:
     return best
 
 
-def _prepare(engine, inputs, cfg, tokenizer, attention_mask, chat_template, prompt_keys):
+def prepare(engine, inputs, cfg, tokenizer, attention_mask, chat_template, prompt_keys):
     """Token ids, prompt keys, EOS ids and stop sequences, all checked against the engine's
     vocabulary before anything is decoded."""
     prompts = _as_token_lists(inputs, tokenizer, attention_mask, chat_template)
@@ -93,9 +93,9 @@ def _prepare(engine, inputs, cfg, tokenizer, attention_mask, chat_template, prom
     keys = check_prompt_keys(prompt_keys, len(prompts))
     V = engine.vocab_size
     check_token_ids(prompts, V)
-    eos = _eos_ids(cfg, tokenizer, engine)
+    eos = eos_ids(cfg, tokenizer, engine)
     check_token_ids([eos], V, "eos_token_id")
-    stops = _stop_seqs(cfg, tokenizer)
+    stops = stop_sequences(cfg, tokenizer)
     check_token_ids(stops, V, "stop_branching_at / stop_branching_ids")
     return prompts, keys, eos, stops
 
@@ -152,7 +152,7 @@ def generate_stage(model, inputs, config: EagerConfig, *, stage: str, caps: Sequ
     engine = as_engine(model, tokenizer)
     if tokenizer is None:
         tokenizer = engine.tokenizer
-    prompts, keys, eos, stops = _prepare(engine, inputs, cfg, tokenizer, None, chat_template, prompt_keys)
+    prompts, keys, eos, stops = prepare(engine, inputs, cfg, tokenizer, None, chat_template, prompt_keys)
     G = len(prompts)
     caps = [int(c) for c in caps]
     if len(caps) != G or any(c < 1 for c in caps):
@@ -163,7 +163,7 @@ def generate_stage(model, inputs, config: EagerConfig, *, stage: str, caps: Sequ
     with torch.inference_mode():
         _stage(engine, prompts, keys, list(range(G)), caps, stage, cfg, eos, stops, tokenizer, metrics,
                progress, all_paths, peaks, events)
-    results = [PromptResult(paths=p, answer=_best(p), branch_events=events[i]) for i, p in enumerate(all_paths)]
+    results = [PromptResult(paths=p, answer=best_path(p), branch_events=events[i]) for i, p in enumerate(all_paths)]
     metrics.paths_per_prompt = [len(p) for p in all_paths]
     metrics.max_active_per_prompt = peaks
     return EagerOutput(results=results, metrics=metrics, config=cfg, prompt_ids=prompts, tokenizer=tokenizer)
@@ -203,7 +203,7 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
     engine = as_engine(model, tokenizer)
     if tokenizer is None:
         tokenizer = engine.tokenizer
-    prompts, keys, eos, stops = _prepare(engine, inputs, cfg, tokenizer, attention_mask, chat_template,
+    prompts, keys, eos, stops = prepare(engine, inputs, cfg, tokenizer, attention_mask, chat_template,
                                          prompt_keys)
     G, M = len(prompts), cfg.max_paths_per_prompt
     metrics = Metrics()
@@ -219,7 +219,7 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
         stage("init", list(range(G)), [M] * G)
         if cfg.budget != "init":
             used = [len(p) for p in all_paths]
-            partial = [PromptResult(paths=list(p), answer=_best(p)) for p in all_paths]
+            partial = [PromptResult(paths=list(p), answer=best_path(p)) for p in all_paths]
             extras = allocate_budget(used, M, mode=cfg.budget, verifier=cfg.verifier, results=partial,
                                      adapt_factor=cfg.adapt_factor)
             which = [i for i in range(G) if extras[i] > 0]
@@ -229,7 +229,7 @@ def generate(model, inputs: Union[torch.Tensor, Sequence, str], config: Optional
     results = []
     for i in range(G):
         paths = all_paths[i]
-        results.append(PromptResult(paths=paths, answer=_best(paths), branch_events=events[i]))
+        results.append(PromptResult(paths=paths, answer=best_path(paths), branch_events=events[i]))
     metrics.paths_per_prompt = [len(p) for p in all_paths]
     metrics.max_active_per_prompt = peaks
     return EagerOutput(results=results, metrics=metrics, config=cfg, prompt_ids=prompts, tokenizer=tokenizer)

@@ -55,6 +55,7 @@ class Unit:
     eos: list
     stops: list
     on_done: Optional[Callable] = None  # fn(unit, paths per prompt)
+    on_error: Optional[Callable] = None  # fn(unit, exception): its admission failed (class docstring)
     exclusive: bool = False  # decode alone (batch-invariant mode on an engine that is not)
     metrics: object = None  # a config.Metrics the unit's counts are added to
     progress: bool = False
@@ -87,10 +88,18 @@ class Scheduler:
         reserve_rows / reserve_tokens: the rows and new tokens per row the engine's cache is
             sized for at a prefill, besides what the first units need (so that later units
             can join without a new prefill); 0: only what the first units need.
+        max_rows: the most rows the running units may hold at once (the sum of their
+            prompts' min(M, prune_to)); a unit that would pass it waits. A unit over it on
+            its own runs alone. None: no bound.
+
+    A unit whose admission fails with a ValueError or an EagerMemoryError (its
+    configuration does not fit the engine) gets the error through its `on_error` callback
+    when it has one (the others stay queued or running); without one the error is raised.
     """
 
-    def __init__(self, engine, *, reserve_rows: int = 0, reserve_tokens: int = 0):
+    def __init__(self, engine, *, reserve_rows: int = 0, reserve_tokens: int = 0, max_rows: Optional[int] = None):
         self.engine = engine
+        self.max_rows = max_rows
         self.device = engine.device
         self.reserve_rows, self.reserve_tokens = reserve_rows, reserve_tokens
         self.waiting: list = []
@@ -228,6 +237,7 @@ class Scheduler:
         if not self.waiting or any(u.exclusive for u in self.running):
             return
         joining = []
+        held = sum(sum(u.keep) for u in self.running)
         for u in list(self.waiting):
             if u.exclusive:
                 if self.running or joining:
@@ -235,12 +245,27 @@ class Scheduler:
                 joining.append(u)
                 self.waiting.remove(u)
                 break
-            if self.running and not self._engine_can_extend(joining + [u]):
+            over = self.max_rows is not None and held + sum(u.keep) > self.max_rows
+            if (self.running or joining) and over:
                 break  # first come, first served: later units wait too
+            if self.running and not self._engine_can_extend(joining + [u]):
+                break
             joining.append(u)
+            held += sum(u.keep)
             self.waiting.remove(u)
         if not joining:
             return
+        try:
+            self._join(joining)
+        except (ValueError, MemoryError) as e:
+            if not all(u.on_error is not None for u in joining):
+                raise
+            for u in joining:
+                u.state = "failed"
+                self._close_bar(u)
+                u.on_error(u, e)
+
+    def _join(self, joining: list) -> None:
         live = self.running + joining
         rows = sum(sum(u.keep) for u in live)
         longest = max(len(p) + u.cfg.max_new_tokens for u in live for p in u.prompts)
@@ -258,8 +283,9 @@ class Scheduler:
                                             max_new_tokens=max(T, self.reserve_tokens))
             self.engine.synchronize()
         except BaseException:
-            for u in joining:
-                u.state = "aborted"
+            if not self.running:  # (an extend leaves the running rows as they were)
+                self.engine.release()
+                self.logits = None
             raise
         dt = time.perf_counter() - t0
         for u in joining:

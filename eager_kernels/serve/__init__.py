@@ -3,8 +3,8 @@
     eager-kernels serve [--engine auto|transformers|llamacpp|vllm] [--model DIR | --gguf FILE]
                         [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-queue N] ...
 
-protocol.py checks requests and builds responses, batcher.py runs them (requests that
-arrive together share one generate() call), app.py is the FastAPI layer. Needs the `serve`
+protocol.py checks requests and builds responses, worker.py runs them (each request joins
+the running batch at the next decode step), app.py is the FastAPI layer. Needs the `serve`
 extra: pip install "eager-kernels[serve]" (fastapi, uvicorn, prometheus_client).
 """
 from __future__ import annotations

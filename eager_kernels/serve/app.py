@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .batcher import Batcher, QueueFull
+from .worker import QueueFull, StepWorker
 from .page import index_page
 from .protocol import APIError, Settings, build, parse, stream_chunks
 
@@ -74,8 +74,9 @@ def create_app(engine, tokenizer, settings: Settings, *, api_key=None, max_queue
     """The ASGI app serving `engine` (its worker thread starts now)."""
     metrics = ServeMetrics()
     state = state or State()
-    batcher = Batcher(engine, tokenizer, window_s=window_s, max_prompts=max_batch, max_rows=max_batch_rows,
-                      max_queue=max_queue, metrics=metrics)
+    # Requests join the running batch at the next decode step (worker.py): window_s and
+    # max_batch, the batch window of earlier versions, are accepted and not used.
+    batcher = StepWorker(engine, tokenizer, max_rows=max_batch_rows, max_queue=max_queue, metrics=metrics)
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield

@@ -3,7 +3,7 @@
 A request body is parsed by hand (not by pydantic models) so that every mistake becomes an
 OpenAI-style error object with HTTP 400 and the name of the field at fault:
 {"error": {"message", "type", "param", "code"}}. What is checked here needs only the
-tokenizer and the server's limits; the worker (batcher.py) never sees a malformed request.
+tokenizer and the server's limits; the worker (worker.py) never sees a malformed request.
 """
 from __future__ import annotations
 
