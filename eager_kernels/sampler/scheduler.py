@@ -111,6 +111,8 @@ class Scheduler:
         self._groups = None
         self._eos = None  # int64 [G, E]: each group's EOS ids (-2 pads)
         self._dirty = True  # group settings to rebuild
+        self._peak = None  # int64 [G]: each group's most active rows so far
+        self._fresh_slots: list = []  # slots placed since the last rebuild (peak back to 1)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -152,85 +154,89 @@ class Scheduler:
                 self._close_bar(u)
             self.running, self.logits, self.table = [], None, PathTable(self.device)
             self._slot_unit, self._groups, self.history, self._dirty = [], None, None, True
+            self._peak, self._fresh_slots = None, []
 
     # -- one step ---------------------------------------------------------------------------
 
     def step(self) -> None:
         """One decode step over every active row (module docstring, parts 1-6)."""
-        self._admit()
+        self._admit()  # 1
         if not self.running:
             return
         t0 = time.perf_counter()
-        units = list(self.running)
-        g = self._group_settings()
+        units, g = list(self.running), self._group_settings()
+        res = self._sample(g)  # 2
+        c, keep, order, branched = self._expand(res, g, units)  # 3
+        n_act, n_fin, ident = self._read_counts(c, keep, order, branched, g, units)  # 4
+        self._commit(c, res, order[: n_act + n_fin], self.table.R, n_act, branched)
+        self._groups.step += self._live_groups
+        if n_act:
+            self._peak = torch.maximum(self._peak, group_count(self.table.grp[:n_act], g.num))
+        done = [u for u in units if u.active == 0]
+        if done:
+            self._finish(done)  # 5
+        self._decode(ident)  # 6
+        self._add_time(units, "decode_s", time.perf_counter() - t0)
+
+    # -- the parts ----------------------------------------------------------------------------
+
+    def _expand(self, res, g: Groups, units: list) -> tuple:
+        """Part 3: child counts, the candidates, which stay and in what order."""
         table, R = self.table, self.table.R
-        res = self._sample(g)
-        agrp = table.grp[:R]
-        extra = child_counts(res.branch, table.stopped[:R], table.nbr[:R], agrp, table.grp, g)
-        branched = extra > 0
+        extra = child_counts(res.branch, table.stopped[:R], table.nbr[:R], table.grp[:R], table.grp, g)
         width = max(u.cfg.num_branches for u in units)
         c = candidates(res, self.logits, extra, width, R, table.N, table.cum, table.grp, table.pkey, g,
                        self._is_eos)
         keep, order = keep_and_order(c, g)
-        unit_of_group = self._unit_index
-        events = torch.zeros(g.num, dtype=torch.int64, device=self.device).scatter_add_(
-            0, agrp, branched.to(torch.int64))
+        return c, keep, order, extra > 0
 
-        # Part 4, the one host read: rows that go on, finished rows kept, whether the cache
-        # order changed; per unit its active rows and new tokens; per group branch events.
+    def _read_counts(self, c, keep, order, branched, g: Groups, units: list) -> tuple:
+        """Part 4, the one host read of a step: rows that go on, finished rows kept, whether
+        the cache order changed; per unit its active rows and new tokens; per group its
+        branch events. Adds them to the units and their metrics."""
+        R, U, dev = self.table.R, len(units), self.device
         going_on = keep & ~c.finished
-        n_act_t = going_on.sum()
+        n_act = going_on.sum()
         m = min(R, order.numel())
-        ident = (n_act_t == R) & (c.src[order[:m]] == torch.arange(m, device=self.device)).all()
-        U = len(units)
-        per_unit = torch.zeros(2 * U, dtype=torch.int64, device=self.device)
-        per_unit.scatter_add_(0, unit_of_group[c.grp], going_on.to(torch.int64))
-        per_unit.scatter_add_(0, U + unit_of_group[c.grp], (keep & c.is_new).to(torch.int64))
-        packed = torch.cat([torch.stack([n_act_t, (keep & c.finished).sum(), ident.to(torch.int64)]), per_unit,
+        ident = (n_act == R) & (c.src[order[:m]] == torch.arange(m, device=dev)).all()
+        per_unit = torch.zeros(2 * U, dtype=torch.int64, device=dev)
+        per_unit.scatter_add_(0, self._unit_index[c.grp], going_on.to(torch.int64))
+        per_unit.scatter_add_(0, U + self._unit_index[c.grp], (keep & c.is_new).to(torch.int64))
+        events = torch.zeros(g.num, dtype=torch.int64, device=dev).scatter_add_(
+            0, self.table.grp[:R], branched.to(torch.int64))
+        packed = torch.cat([torch.stack([n_act, (keep & c.finished).sum(), ident.to(torch.int64)]), per_unit,
                             events]).tolist()
-        n_act, n_fin, ident = packed[:3]
         act_u, new_u, ev = packed[3:3 + U], packed[3 + U:3 + 2 * U], packed[3 + 2 * U:]
-
-        self._commit(c, res, order[: n_act + n_fin], R, n_act, branched)
         for i, u in enumerate(units):
             made = [ev[slot] for slot in u.slots]
             u.events = [a + b for a, b in zip(u.events, made)]
-            u.active = act_u[i]
-            u.step += 1
-            mt = u.metrics
-            if mt is not None:
-                mt.branch_events += sum(made)
-                mt.tokens_generated += new_u[i]
-                mt.steps += 1
+            u.active, u.step = act_u[i], u.step + 1
+            if u.metrics is not None:
+                u.metrics.branch_events += sum(made)
+                u.metrics.tokens_generated += new_u[i]
+                u.metrics.steps += 1
             if u._bar is not None:
                 u._bar.update(1)
                 u._bar.set_postfix_str(f"rows={u.active}")
-        self._groups.step += self._live_groups
-        done = [u for u in units if u.active == 0]
-        if n_act > 0:
-            peak = group_count(self.table.grp[: self.table.R], g.num).tolist()
-            for u in units:
-                if u.active:
-                    u.peak = [max(p, peak[s]) for p, s in zip(u.peak, u.slots)]
-        if done:
-            self._finish(done)
-        if self.table.R == 0:
+        return packed[0], packed[1], bool(packed[2])
+
+    def _decode(self, ident: bool) -> None:
+        """Part 6: the engine's cache follows the table's active rows (forks, drops, order)
+        and decodes each row's newest token; with no active row left it is released."""
+        R = self.table.R
+        if R == 0:
             self.engine.synchronize()
-            self._add_time(units, "decode_s", time.perf_counter() - t0)
             self.logits = None
             self.engine.release()
             return
         if not ident:
             self.engine.reorder(self._engine_src)
-        cols = self._groups.step[self.table.grp[: self.table.R]] - 1
-        self.logits = self.engine.decode(self.table.tok[torch.arange(self.table.R, device=self.device), cols])
+        cols = self._groups.step[self.table.grp[:R]] - 1
+        self.logits = self.engine.decode(self.table.tok[torch.arange(R, device=self.device), cols])
         for u in self.running:
             if u.metrics is not None:
                 u.metrics.forward_passes += 1
                 u.metrics.decode_rows += u.active
-        self._add_time(units, "decode_s", time.perf_counter() - t0)
-
-    # -- the parts ----------------------------------------------------------------------------
 
     def _admit(self) -> None:
         """Part 1: waiting units join while there is room (module docstring)."""
@@ -312,6 +318,7 @@ class Scheduler:
                 s = len(self._slot_unit)
                 self._slot_unit.append(u)
             slots.append(s)
+        self._fresh_slots += slots
         u.slots, u.step, u.state, u.active = slots, 0, "running", len(slots)
         u.peak, u.events = [1] * len(slots), [0] * len(slots)
         cap = max(1, u.cfg.max_new_tokens * max(u.keep))
@@ -374,6 +381,14 @@ class Scheduler:
                               step=torch.tensor(step, **dev), length=torch.tensor(length, **dev),
                               some_prune=any(prunes[s] for s in range(G) if live[s]),
                               some_cap=any(not prunes[s] for s in range(G) if live[s]))
+        peak = torch.ones(G, **dev)
+        if self._peak is not None:
+            n = min(G, self._peak.shape[0])
+            peak[:n] = self._peak[:n]
+        for s in self._fresh_slots:
+            peak[s] = 1
+        self._fresh_slots = []
+        self._peak = peak
         self._unit_index = torch.tensor(unit_index, **dev)
         self._live_groups = torch.tensor(live, **dev)
         self._eos = torch.tensor([e + [-2] * (E - len(e)) for e in eos], **dev)
@@ -431,6 +446,9 @@ class Scheduler:
     def _finish(self, done: list) -> None:
         """Part 5: units without active rows leave; their paths go to their callbacks."""
         paths = self.table.rows_of([s for u in done for s in u.slots])
+        peak = self._peak.tolist()
+        for u in done:
+            u.peak = [peak[s] for s in u.slots]
         i = 0
         results = []
         for u in done:
