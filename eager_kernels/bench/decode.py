@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engines.base import chat_token_ids
 from ..kernels.registry import resolve as resolve_backend
 from . import common as bm
 from .common import PROMPT
@@ -175,8 +176,7 @@ def main(argv=None) -> int:
     from eager_kernels.engines.models import load_default_model
 
     model, tok = load_default_model()
-    enc = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True)
-    prompt_ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+    prompt_ids = chat_token_ids(tok, [{"role": "user", "content": PROMPT}])
     T = args.max_new_tokens
     fused = resolve_backend(args.backend, model.device)
     rows = []

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from . import common as bm
-from ..engines.base import Engine
+from ..engines.base import Engine, chat_token_ids
 
 RAW = Path("benchmarks") / "results" / "vllm_decode.txt"
 
@@ -133,8 +133,7 @@ def _prompts(tok, n: int) -> tuple:
     from .common import PROMPT
 
     if n == 1:
-        enc = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True)
-        ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+        ids = chat_token_ids(tok, [{"role": "user", "content": PROMPT}])
         return [ids], f"prompt {PROMPT!r} (chat template, {len(ids)} tokens)"
     from ..evaluation.suites import gsm8k_suite
 

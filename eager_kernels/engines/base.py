@@ -63,7 +63,8 @@ class Engine(abc.ABC):
             that generate() uses: encode(text, add_special_tokens=False) -> ids,
             decode(ids, skip_special_tokens=True) -> str, __call__(text)["input_ids"],
             apply_chat_template(messages, add_generation_prompt=True, tokenize=True),
-            chat_template, eos_token_id, pad_token_id.
+            chat_template, eos_token_id, pad_token_id. chat_token_ids(tokenizer, messages)
+            (below) turns a chat into token ids with it.
         batch_invariant: whether a row's logits are bit-identical whatever other rows share
             the call (default False; module docstring, "Batch invariance").
         batch_deviation: for an engine that is not batch-invariant, the largest measured
@@ -119,25 +120,25 @@ class Engine(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot add rows to a running batch")
 
 
-def check_token_ids(prompts: Sequence[Sequence[int]], vocab_size: int, what: str = "input_ids") -> None:
-    """Every id in [0, vocab_size), else a ValueError naming the argument, the sequence and the id."""
-    for i, p in enumerate(prompts):
-        bad = [t for t in p if not 0 <= t < vocab_size]
-        if bad:
-            where = f" of prompt {i}" if what == "input_ids" else ""
-            raise ValueError(f"{what}: token id {bad[0]}{where} is outside the model's vocabulary "
-                             f"(ids 0..{vocab_size - 1}); was it tokenised for another model?")
-
-
-def optional_tokenizer_attr(tokenizer, name: str) -> Optional[int]:
-    value = getattr(tokenizer, name, None)
-    return int(value) if isinstance(value, int) else None
+def chat_token_ids(tokenizer, messages) -> list:
+    """`messages` (a list of {"role", "content"} dicts) through the tokenizer's chat template
+    with the generation prompt appended, as a flat list of ints: the one place that unwraps
+    what apply_chat_template(..., tokenize=True) returns (a list of ids, a batch of one list,
+    or a BatchEncoding whose "input_ids" holds either, as transformers 5 returns). An error of
+    the template (e.g. a ValueError for a role it refuses) reaches the caller unchanged."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys") and "input_ids" in ids:
+        ids = ids["input_ids"]
+    if ids and isinstance(ids[0], list):
+        ids = ids[0]
+    return [int(t) for t in ids]
 
 
 def union_token_ids(sources) -> list:
     """The ids of `sources` (each None, an int or a list of ints) in first-seen order, each
     once: e.g. EOS ids from a tokenizer and a generation config (chat models often end a
-    turn with a second id)."""
+    turn with a second id). Here in the engines layer, not with the sampler's token checks
+    (sampler/tokens.py), because an engine uses it too (vllm_engine.py)."""
     ids = []
     for src in sources:
         if src is None:

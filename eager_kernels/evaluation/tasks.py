@@ -45,6 +45,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
+from ..engines.base import chat_token_ids
+
 INSTRUCTION = "Reply with your final answer on the last line as 'Answer: <number>'."
 KINDS = ("add", "sub", "mul", "larger", "smaller")
 # Worked examples shown before every question (user question, assistant reply); their
@@ -116,13 +118,7 @@ def chat_prompt_ids(tokenizer, question: str, examples=EXAMPLES) -> list:
     prompt appended (plain tokenization of the question when the tokenizer has no
     template)."""
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(chat_messages(question, examples),
-                                            add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys") and "input_ids" in ids:
-            ids = ids["input_ids"]
-        if ids and isinstance(ids[0], list):
-            ids = ids[0]
-        return [int(t) for t in ids]
+        return chat_token_ids(tokenizer, chat_messages(question, examples))
     return [int(t) for t in tokenizer(question)["input_ids"]]
 
 

@@ -7,11 +7,12 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..engines import as_engine
-from ..engines.base import check_token_ids, union_token_ids
+from ..engines.base import chat_token_ids, union_token_ids
 from .budget import allocate_budget
 from .config import EagerConfig, EagerOutput, Metrics, Path, PromptResult
 from .scheduler import Scheduler, Unit
 from .keys import check_prompt_keys, stage_key
+from .tokens import check_token_ids
 
 
 def _as_token_lists(inputs, tokenizer, attention_mask, chat_template) -> list:
@@ -37,13 +38,7 @@ def _as_token_lists(inputs, tokenizer, attention_mask, chat_template) -> list:
         out = []
         for text in inputs:
             if use_chat:
-                ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                    add_generation_prompt=True, tokenize=True)
-                if hasattr(ids, "keys") and "input_ids" in ids:  # a BatchEncoding (transformers 5)
-                    ids = ids["input_ids"]
-                if ids and isinstance(ids[0], list):
-                    ids = ids[0]
-                out.append([int(t) for t in ids])
+                out.append(chat_token_ids(tokenizer, [{"role": "user", "content": text}]))
             else:
                 out.append([int(t) for t in tokenizer(text)["input_ids"]])
         return out

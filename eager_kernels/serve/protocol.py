@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..engines.base import chat_token_ids
 from ..sampler import EagerConfig
 from ..sampler.config import BUDGET_MODES, POLICIES
 from ..sampler.keys import mix_int
@@ -187,14 +188,10 @@ def _chat_prompt(body, tokenizer) -> list:
     if not getattr(tokenizer, "chat_template", None):
         raise bad("this model has no chat template: use /v1/completions", "messages", "no_chat_template")
     try:
-        ids = tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=True)
+        ids = chat_token_ids(tokenizer, clean)
     except ValueError as e:
         raise bad(f"messages: {e}", "messages")
-    if hasattr(ids, "keys") and "input_ids" in ids:
-        ids = ids["input_ids"]
-    if ids and isinstance(ids[0], list):
-        ids = ids[0]
-    return [[int(t) for t in ids]]
+    return [ids]
 
 
 def _eager(body, settings: Settings) -> dict:
