@@ -424,3 +424,23 @@ def test_bench_decode_llamacpp_rows(tmp_path, capsys):
     assert all(r["engine"] == "llamacpp" and int(r["tokens"]) > 0 for r in rows)
     assert float(rows[0]["decode_inside_s"]) <= float(rows[0]["seconds_median"])
     assert "outside llama_decode" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("returned", ["list", "batch", "encoding", "encoding-batch"])
+def test_chat_token_ids_unwraps_every_return_shape(returned):
+    """engines.base.chat_token_ids: a list of ids, a batch of one, or a BatchEncoding holding
+    either (transformers 5) all become one flat list of ints; a template's ValueError passes."""
+    from eager_kernels.engines.base import chat_token_ids
+
+    class Tok:
+        def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
+            assert add_generation_prompt and tokenize
+            if messages[0]["role"] == "tool":
+                raise ValueError("role tool is not allowed")
+            ids = [5, 6, len(messages)]
+            ids = [ids] if returned.endswith("batch") else ids
+            return {"input_ids": ids, "attention_mask": [1] * 3} if returned.startswith("encoding") else ids
+
+    assert chat_token_ids(Tok(), [{"role": "user", "content": "hi"}]) == [5, 6, 1]
+    with pytest.raises(ValueError, match="role tool"):
+        chat_token_ids(Tok(), [{"role": "tool", "content": "x"}])
