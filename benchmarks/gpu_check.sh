@@ -18,12 +18,11 @@ python3 - <<'PY' 2>&1 | tee "$OUT/env.txt"
 import torch, triton
 print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name(0))
 PY
-echo "== kernel tests on CUDA (triton-cuda and torch-cuda parametrisations) =="
+echo "== kernel tests on CUDA (the gpu mark: triton-cuda and torch-cuda parametrisations, CUDA-only tests) =="
 XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 timeout 130 python3 -m pytest -q --maxfail=40 -p no:cacheprovider $XDIST tests/test_entropy.py \
     tests/test_topk_logprobs.py tests/test_sample.py tests/test_eager_step.py tests/test_history.py \
-    tests/test_errors.py tests/test_hf.py::test_monitor_steps_do_not_synchronise_on_cuda \
-    -k "cuda" 2>&1 | tee "$OUT/tests.log" | tail -40
+    tests/test_errors.py tests/test_hf.py -m gpu 2>&1 | tee "$OUT/tests.log" | tail -40
 echo "== kernel grid: torch, triton (bf16 and fp32; B 1 8 64 256; V 32000 152064); call and kernel times =="
 timeout 140 python3 -m eager_kernels bench --device cuda --backends torch,triton --min-seconds 0.05 \
     --vocab 32000 152064 --out-dir "$OUT" 2>&1 | tee "$OUT/bench.log"

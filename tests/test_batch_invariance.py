@@ -85,6 +85,7 @@ def test_result_does_not_depend_on_batch(tiny, policy, backend):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="Triton on the CPU model needs the interpreter, off with a GPU")
 @pytest.mark.parametrize("policy", ["paper", "seed"])
 def test_result_does_not_depend_on_batch_triton(tiny, policy):
     """Triton (interpreted here): the same invariance and the same paths as torch."""

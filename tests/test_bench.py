@@ -11,6 +11,8 @@ import eager_kernels as ek
 from eager_kernels.bench import common as bm
 from eager_kernels.bench import kernels
 
+from gpu_mark import cuda_when_present
+
 TINY = ["--rows", "1", "3", "--vocab", "97", "300", "--min-runs", "2", "--min-seconds", "0"]
 
 
@@ -64,6 +66,7 @@ def test_kernel_grid_writes_csv_and_plots(tmp_path, capsys, plots):
 @pytest.mark.parametrize("impls", [("torch", "triton"), pytest.param(("torch", "compile", "triton"),
                                                                       marks=pytest.mark.slow)],
                          ids=["triton", "compile-triton"])
+@cuda_when_present
 def test_kernel_grid_compile_and_triton_paths(tmp_path, impls):
     """torch.compile of the baseline and the Triton launchers (interpreted on a machine
     without CUDA) go through the same grid code as on a GPU machine."""

@@ -5,7 +5,10 @@ import torch
 import eager_kernels as ek
 from eager_kernels.kernels import reference
 
-from conftest import BACKENDS, DTYPE_LIST, ENTROPY_TOL, INTERP, LOGPROB_TOL, NATIVE, make_logits, max_elements, sweep
+from conftest import BACKENDS, DTYPE_LIST, ENTROPY_TOL, INTERP, LOGPROB_TOL, NATIVE, make_logits, max_elements
+from gpu_mark import backend_fixture, sweep
+
+backend = backend_fixture(BACKENDS)  # conftest's fixture, the CUDA pairs marked gpu
 
 KINDS = ["normal", "masked", "ties", "huge"]
 

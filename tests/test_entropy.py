@@ -6,7 +6,10 @@ import eager_kernels as ek
 from eager_kernels.kernels import reference
 
 from conftest import (BACKENDS, DTYPE_LIST, ENTROPY_TOL, INTERP, KINDS, NATIVE, interpreted, make_logits,
-                      max_elements, rotation, sweep)
+                      max_elements, rotation)
+from gpu_mark import backend_fixture, sweep
+
+backend = backend_fixture(BACKENDS)  # conftest's fixture, the CUDA pairs marked gpu
 
 SHAPES = [(1, 1), (3, 7), (2, 1000), (1, 1023), (3, 111), (4, 32000), (2, 49152), (2, 152064)]
 

@@ -4,7 +4,10 @@ import torch
 
 import eager_kernels as ek
 
-from conftest import make_logits
+from conftest import BACKENDS, make_logits
+from gpu_mark import backend_fixture, needs_cuda
+
+backend = backend_fixture(BACKENDS)  # conftest's fixture, the CUDA pairs marked gpu
 
 
 def _step(x, hist, group, backend, **overrides):
@@ -130,8 +133,8 @@ def test_cpu_backend_requires_cpu_tensors():
         ek.entropy(x, backend="cpu")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("case", ["nan", "empty_row", "group"])
+@needs_cuda
 def test_cuda_device_asserts(case):
     """On CUDA, bad data fails the stream with a device-side assert (no host sync); each
     case runs in its own process because such an assert ends the CUDA context."""

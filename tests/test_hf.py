@@ -33,7 +33,10 @@ from eager_kernels import EagerConfig  # noqa: E402
 from eager_kernels.hf import CUSTOM_GENERATE_DIR, EagerGenerateOutput, EntropyMonitor, eager_generate  # noqa: E402
 from eager_kernels.sampler import Metrics  # noqa: E402
 
-from conftest import make_tiny_llama  # noqa: E402
+from conftest import BACKENDS, make_tiny_llama  # noqa: E402
+from gpu_mark import backend_fixture, needs_cuda  # noqa: E402
+
+backend = backend_fixture(BACKENDS)  # conftest's fixture, the CUDA pairs marked gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 160
@@ -432,7 +435,7 @@ def test_monitor_backends(backend):
             assert float(monitor.thresholds[r, s]) == pytest.approx(want_thr, abs=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (host syncs are a GPU matter)")
+@needs_cuda  # host syncs are a GPU matter
 def test_monitor_steps_do_not_synchronise_on_cuda():
     cfg = EagerConfig.paper(q=90.0, theta=0.5, initial_threshold=1.0)
     monitor = EntropyMonitor(eager_config=cfg, rows_per_prompt=2)

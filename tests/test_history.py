@@ -5,7 +5,10 @@ import torch
 
 import eager_kernels as ek
 
-from conftest import INTERPRETED
+from conftest import BACKENDS, INTERPRETED
+from gpu_mark import backend_fixture
+
+backend = backend_fixture(BACKENDS)  # conftest's fixture, the CUDA pairs marked gpu
 
 
 def _expected_threshold(recorded, q, theta, initial):

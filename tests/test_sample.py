@@ -6,8 +6,10 @@ import torch
 import eager_kernels as ek
 from eager_kernels.kernels import reference
 
-from conftest import (BACKENDS, DTYPE_LIST, INTERP, KINDS, NATIVE, interpreted, make_logits, max_elements, rotation,
-                      sweep)
+from conftest import (BACKENDS, DTYPE_LIST, INTERP, KINDS, NATIVE, interpreted, make_logits, max_elements, rotation)
+from gpu_mark import backend_fixture, sweep
+
+backend = backend_fixture(BACKENDS)  # conftest's fixture, the CUDA pairs marked gpu
 
 
 def test_philox_known_answers():

@@ -7,7 +7,10 @@ import eager_kernels as ek
 from eager_kernels.kernels import reference
 
 from conftest import (BACKENDS, DTYPE_LIST, INTERP, INTERPRETED, KINDS, LOGPROB_TOL, NATIVE, interpreted,
-                      make_logits, max_elements, sweep)
+                      make_logits, max_elements)
+from gpu_mark import backend_fixture, sweep
+
+backend = backend_fixture(BACKENDS)  # conftest's fixture, the CUDA pairs marked gpu
 
 
 def _check(backend, rows, vocab, k, dtype, kind, seed=0, pad=0):
