@@ -65,7 +65,9 @@ class Unit:
     peak: list = field(default_factory=list)  # most active rows of each prompt
     events: list = field(default_factory=list)  # branch events of each prompt
     active: int = 0  # active rows after the last step
+    tokens: int = 0  # tokens generated so far
     _bar: object = None
+    _t0: float = 0.0
 
     @property
     def keep(self) -> list:
@@ -210,14 +212,15 @@ class Scheduler:
         for i, u in enumerate(units):
             made = [ev[slot] for slot in u.slots]
             u.events = [a + b for a, b in zip(u.events, made)]
-            u.active, u.step = act_u[i], u.step + 1
+            u.active, u.step, u.tokens = act_u[i], u.step + 1, u.tokens + new_u[i]
             if u.metrics is not None:
                 u.metrics.branch_events += sum(made)
                 u.metrics.tokens_generated += new_u[i]
                 u.metrics.steps += 1
-            if u._bar is not None:
+            if u._bar is not None:  # the bar counts decode steps; tokens go in its postfix
                 u._bar.update(1)
-                u._bar.set_postfix_str(f"rows={u.active}")
+                rate = u.tokens / max(time.perf_counter() - u._t0, 1e-9)
+                u._bar.set_postfix_str(f"rows={u.active}, {u.tokens} tokens, {rate:.0f} tokens/s")
         return packed[0], packed[1], bool(packed[2])
 
     def _decode(self, ident: bool) -> None:
@@ -340,6 +343,7 @@ class Scheduler:
             from tqdm.auto import tqdm
 
             u._bar = tqdm(total=u.cfg.max_new_tokens, desc="eager decode", unit="step", leave=False)
+            u._t0 = time.perf_counter()
 
     def _grow_history(self, groups: int, capacity: int) -> None:
         h = self.history
