@@ -14,6 +14,16 @@ class MissingExtraError(ImportError):
                          f"pip install 'eager-kernels[{extra}]' (or pip install {package})")
 
 
+class ConfigError(ValueError):
+    """A setting (of EagerConfig) with a bad value. `field` names the setting, so that a
+    caller can point at its own name for it (the server's `param`, a command-line flag)
+    without reading the message; the message is the text users see."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
 class BackendUnavailableError(ValueError, RuntimeError):
     """The backend asked for cannot run the given tensors on this machine (a ValueError, as
     the issue of a bad argument; also a RuntimeError, what this case raised before)."""

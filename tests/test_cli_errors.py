@@ -62,7 +62,7 @@ def _check_cli(names, debug_too):
     for proc in debugs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode != 0 and proc.returncode != 2, err
-        assert "Traceback" in err and "ValueError: max_paths_per_prompt" in err, err
+        assert "Traceback" in err and "ConfigError: max_paths_per_prompt" in err, err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the triton case expects a machine without CUDA")

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
+from ..errors import ConfigError
+
 POLICIES = ("paper", "seed")
 
 
@@ -115,7 +117,7 @@ class EagerConfig:
 
     def __post_init__(self):
         if self.policy not in POLICIES:
-            raise ValueError(f"policy: expected one of {POLICIES}, got {self.policy!r}")
+            raise ConfigError("policy", f"policy: expected one of {POLICIES}, got {self.policy!r}")
         for name, value in POLICY_DEFAULTS[self.policy].items():
             if getattr(self, name) is DEFAULT:
                 setattr(self, name, value)
@@ -139,7 +141,7 @@ class EagerConfig:
             if value is None and allow_none:
                 return
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+                raise ConfigError(name, f"{name}: expected a positive int, got {value!r}")
 
         positive_int("max_new_tokens", self.max_new_tokens)
         positive_int("max_paths_per_prompt", self.max_paths_per_prompt)
@@ -149,17 +151,18 @@ class EagerConfig:
         positive_int("branch_divisor", self.branch_divisor, allow_none=True)
         positive_int("adapt_factor", self.adapt_factor)
         if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
-            raise ValueError(f"temperature: expected a number >= 0, got {self.temperature!r}")
+            raise ConfigError("temperature", f"temperature: expected a number >= 0, got {self.temperature!r}")
         if not (isinstance(self.q, (int, float)) and 0 <= self.q <= 100):
-            raise ValueError(f"q: expected a percentile in [0, 100], got {self.q!r}")
+            raise ConfigError("q", f"q: expected a percentile in [0, 100], got {self.q!r}")
         if self.budget not in BUDGET_MODES:
-            raise ValueError(f"budget: expected one of {BUDGET_MODES}, got {self.budget!r}")
+            raise ConfigError("budget", f"budget: expected one of {BUDGET_MODES}, got {self.budget!r}")
         if self.budget == "full" and self.verifier is None:
-            raise ValueError("budget='full' needs verifier=callable(prompt_index, path) -> bool")
+            raise ConfigError("verifier", "budget='full' needs verifier=callable(prompt_index, path) -> bool")
         if not isinstance(self.batch_invariant, bool):
-            raise ValueError(f"batch_invariant: expected True or False, got {self.batch_invariant!r}")
+            raise ConfigError("batch_invariant",
+                              f"batch_invariant: expected True or False, got {self.batch_invariant!r}")
         if self.num_branches > 64:
-            raise ValueError("num_branches: at most 64 (the width of the fused top-k)")
+            raise ConfigError("num_branches", "num_branches: at most 64 (the width of the fused top-k)")
 
     @property
     def candidates_k(self) -> int:
