@@ -22,7 +22,13 @@ import sys
 import time
 from pathlib import Path as FsPath
 
+from .engines.select import ENGINES
+from .sampler.options import add_config_arguments, config_kwargs
+
 DEMO_PROMPT = "What is 17 + 25?"
+# generate's EAGer options (sampler/options.py), in the order of its --help
+GENERATE_OPTIONS = ("policy", "max_new_tokens", "max_paths_per_prompt", "temperature", "backend", "seed", "budget",
+                    "stop_branching_at", "batch_invariant")
 
 
 def _load(model_dir):
@@ -98,18 +104,7 @@ def cmd_generate(args) -> int:
     from .engines.select import resolve
 
     _threads(args)
-    overrides = dict(max_new_tokens=args.max_new_tokens, backend=args.backend, seed=args.seed)
-    if args.max_paths is not None:
-        overrides["max_paths_per_prompt"] = args.max_paths
-    if args.temperature is not None:
-        overrides["temperature"] = args.temperature
-    if args.budget:
-        overrides["budget"] = args.budget
-    if args.stop_branching_at:
-        overrides["stop_branching_at"] = args.stop_branching_at
-    if getattr(args, "batch_invariant", False):
-        overrides["batch_invariant"] = True
-    cfg = EagerConfig(policy=args.policy, **overrides)  # bad values fail here, before the model loads
+    cfg = EagerConfig(**config_kwargs(args, GENERATE_OPTIONS))  # bad values fail here, before the model loads
     _check_backend_here(cfg.backend)
     if getattr(args, "plot", None):
         from .errors import require
@@ -154,11 +149,13 @@ def cmd_demo(args) -> int:
     _check_backend_here(args.backend)
     checks_ok = demo.run_kernel_checks()
     print(f"\n== EAGer generate on the default model: {DEMO_PROMPT!r}, seed policy, 32 new tokens ==")
-    ns = argparse.Namespace(prompt=[DEMO_PROMPT], model=args.model, policy="seed", max_new_tokens=32,
-                            backend=args.backend, seed=0, max_paths=None, temperature=None, budget=None,
-                            stop_branching_at=None, progress=None, no_chat_template=False, show=12, json=None,
-                            threads=args.threads, engine=args.engine, gguf=None)
-    status = cmd_generate(ns)
+    argv = ["generate", DEMO_PROMPT, "--policy", "seed", "--max-new-tokens", "32", "--backend", args.backend,
+            "--engine", args.engine]
+    if args.model:
+        argv += ["--model", args.model]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    status = cmd_generate(build_parser().parse_args(argv))
     return status if checks_ok else 1
 
 
@@ -189,24 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="explore paths for one or more prompts and print them")
     g.add_argument("prompt", nargs="+", help="prompt text(s)")
-    g.add_argument("--engine", choices=["auto", "transformers", "llamacpp", "vllm"], default="auto",
+    g.add_argument("--engine", choices=ENGINES, default="auto",
                    help="the inference stack (default auto: llama.cpp when llama-cpp-python is installed, the "
                         "faster one here; else transformers; vllm: docs/vllm.md)")
     g.add_argument("--model", help="a local transformers model directory (default: SmolLM2-135M-Instruct)")
     g.add_argument("--gguf", default=None,
                    help="a GGUF file for the llama.cpp engine (default: SmolLM2-135M-Instruct, see models.py)")
-    g.add_argument("--policy", choices=["seed", "paper"], default="seed")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--max-paths", type=int, default=None, help="M, the most paths per prompt (default 32)")
-    g.add_argument("--temperature", type=float, default=None, help="default: the policy's (seed 0, paper 0.6)")
-    g.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default="auto")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--budget", choices=["init", "adapt", "entropy"], default=None)
-    g.add_argument("--stop-branching-at", default=None, help='e.g. "</think>"')
-    g.add_argument("--batch-invariant", action="store_true",
-                   help="each prompt's paths depend only on it, never on the other prompts of the call (each "
-                        "prompt decodes in engine calls of its own; slower with several prompts, see "
-                        "docs/reproducibility.md)")
+    add_config_arguments(g, GENERATE_OPTIONS, defaults=dict(policy="seed", max_new_tokens=64))
     g.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as is")
     g.add_argument("--show", type=int, default=12, help="paths to print per prompt")
     g.add_argument("--json", default=None, help="also write all paths and metrics to this file")
@@ -220,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="kernel checks, then generate on the default model")
     d.add_argument("--model", default=None)
-    d.add_argument("--engine", choices=["auto", "transformers", "llamacpp", "vllm"], default="auto")
-    d.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default="auto")
+    d.add_argument("--engine", choices=ENGINES, default="auto")
+    add_config_arguments(d, ["backend"])
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads for the generate part")
     d.set_defaults(func=cmd_demo)
 

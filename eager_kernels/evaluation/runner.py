@@ -47,6 +47,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from ..sampler.options import default
 from .analysis import accuracy_cis
 from .store import ResultStore
 from .suites import build_suite, vote_key
@@ -57,16 +58,20 @@ NO_BRANCH = 1e9  # a threshold no entropy reaches: branching off
 
 @dataclass
 class EvalConfig:
+    """An evaluation run. The EAGer settings it shares with EagerConfig (temperature, theta,
+    q, seed, backend, batch_invariant) default to EagerConfig's (the paper policy's where the
+    policy sets them); max_paths and max_new_tokens are the evaluation's own."""
+
     prompts: int = 100
     max_paths: int = 8
     max_new_tokens: int = 48
-    temperature: float = 0.6
-    theta: float = 2.2
-    q: float = 99.0
-    seed: int = 0
+    temperature: float = default("temperature", "paper")
+    theta: float = default("theta", "paper")
+    q: float = default("q", "paper")
+    seed: int = default("seed")
     suite_seed: int = 0
     batch_size: int = 20  # prompts per generate() call (rows = batch_size x paths)
-    backend: str = "auto"
+    backend: str = default("backend")
     model_name: str = "model"
     suite: str = "arithmetic"  # "arithmetic" (tasks.py), "gsm8k" (shipped) or "dataset" (a local JSONL)
     split: str = "test"  # gsm8k: "test" or "train" (the tuning problems)
@@ -74,7 +79,7 @@ class EvalConfig:
     dataset: str = ""  # suite "dataset": the JSONL path
     question_key: str = "question"
     answer_key: str = "answer"
-    batch_invariant: bool = False  # EagerConfig(batch_invariant=True): records independent of batch_size
+    batch_invariant: bool = default("batch_invariant")  # True: records independent of batch_size
 
     def _identity(self, prompts_fingerprint: str) -> dict:
         d = asdict(self)

@@ -14,14 +14,23 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..engines.base import chat_token_ids
+from ..errors import ConfigError
 from ..sampler import EagerConfig
-from ..sampler.config import BUDGET_MODES, POLICIES
 from ..sampler.keys import mix_int
+from ..sampler.options import OPTIONS, default
 from ..viz import path_view
 
-# The fields of the `eager` extension object, with their meaning (docs/serving.md).
-EAGER_FIELDS = ("policy", "max_paths", "theta", "q", "entropy_top_k", "budget", "return_tree",
-                "return_entropies", "stop_branching_at")
+# The fields of the `eager` extension object (docs/serving.md): the EAGer settings, each with
+# the EagerConfig field it sets (sampler/options.py: their choices and defaults), then what
+# the response carries.
+EAGER_SETTINGS = {"policy": "policy", "max_paths": "max_paths_per_prompt", "theta": "theta", "q": "q",
+                  "entropy_top_k": "entropy_top_k", "budget": "budget", "stop_branching_at": "stop_branching_at"}
+RESPONSE_FIELDS = ("return_tree", "return_entropies")
+EAGER_FIELDS = (*EAGER_SETTINGS, *RESPONSE_FIELDS)
+# The request field that sets each EagerConfig field: the `param` of an error EagerConfig
+# raises about it (ConfigError.field).
+CONFIG_PARAMS = {**{f: f"eager.{name}" for name, f in EAGER_SETTINGS.items()}, "initial_threshold": "eager.theta",
+                 "max_new_tokens": "max_tokens", "temperature": "temperature"}
 MAX_STOP = 4  # as OpenAI: up to 4 stop sequences
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
@@ -48,14 +57,14 @@ class Settings:
     """What the server allows and assumes (the `serve` command's options)."""
 
     model_name: str = "eager-kernels"
-    policy: str = "paper"
+    policy: str = default("policy")
     max_paths: int = 8  # M when a request gives none
     max_paths_limit: int = 32  # the most a request may ask for
     max_prompts: int = 16  # prompts in one completions request
     context: Optional[int] = None  # prompt + max_tokens must fit (None: unchecked here)
     default_max_tokens: int = 16  # completions, as OpenAI
     default_chat_max_tokens: int = 256  # chat (at most the room left in the context)
-    backend: str = "auto"
+    backend: str = default("backend")
     batch_invariant: bool = True
 
 
@@ -206,8 +215,9 @@ def _eager(body, settings: Settings) -> dict:
                   "unknown_parameter")
     out = {}
     if e.get("policy") is not None:
-        if e["policy"] not in POLICIES:
-            raise bad(f"eager.policy: expected one of {', '.join(POLICIES)}, got {e['policy']!r}", "eager.policy")
+        policies = OPTIONS["policy"].choices
+        if e["policy"] not in policies:
+            raise bad(f"eager.policy: expected one of {', '.join(policies)}, got {e['policy']!r}", "eager.policy")
         out["policy"] = e["policy"]
     if e.get("max_paths") is not None:
         out["max_paths"] = _int(e, "max_paths", 1, settings.max_paths_limit, "eager.max_paths")
@@ -219,7 +229,7 @@ def _eager(body, settings: Settings) -> dict:
         out["entropy_top_k"] = None if e["entropy_top_k"] is None else _int(e, "entropy_top_k", 1, 64,
                                                                              "eager.entropy_top_k")
     if e.get("budget") is not None:
-        modes = [m for m in BUDGET_MODES if m != "full"]  # full EAGer needs a verifier
+        modes = OPTIONS["budget"].choices  # not full EAGer: it needs a verifier
         if e["budget"] not in modes:
             raise bad(f"eager.budget: expected one of {', '.join(modes)}, got {e['budget']!r}", "eager.budget")
         out["budget"] = e["budget"]
@@ -299,18 +309,17 @@ def parse(body, kind: str, tokenizer, settings: Settings) -> Parsed:
                      batch_invariant=settings.batch_invariant)
     if temperature is not None:
         overrides["temperature"] = temperature
-    for k in ("theta", "q", "entropy_top_k", "budget", "stop_branching_at"):
-        if k in ext:
-            overrides[k] = ext[k]
+    for k, f in EAGER_SETTINGS.items():
+        if k in ext and k not in ("policy", "max_paths"):  # those two: above
+            overrides[f] = ext[k]
     if "theta" in ext:  # the threshold before any history is the floor too
         overrides["initial_threshold"] = ext["theta"]
     if ext.get("budget", "init") != "init" and temperature == 0:
         raise bad("eager.budget: extra trees need sampling (temperature > 0)", "eager.budget")
     try:
         cfg = EagerConfig(policy=policy, **overrides)
-    except ValueError as e:
-        name = str(e).split(":", 1)[0]
-        raise bad(f"eager: {e}", f"eager.{name}")
+    except ConfigError as e:
+        raise bad(f"eager: {e}", CONFIG_PARAMS.get(e.field, f"eager.{e.field}"))
     return Parsed(kind=kind, prompts=prompts, config=cfg, keys=[request_key(seed, i) for i in range(len(prompts))],
                   seed=seed, n=n, stop=stop, stream=stream, include_usage=include_usage,
                   return_tree=ext.get("return_tree", False), return_entropies=ext.get("return_entropies", False))
