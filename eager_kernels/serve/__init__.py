@@ -4,168 +4,28 @@
                         [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-queue N] ...
 
 protocol.py checks requests and builds responses, worker.py runs them (each request joins
-the running batch at the next decode step), app.py is the FastAPI layer. Needs the `serve`
-extra: pip install "eager-kernels[serve]" (fastapi, uvicorn, prometheus_client).
+the running batch at the next decode step), app.py is the FastAPI layer, server.py the
+uvicorn server that drains before it exits, cli.py the command line. Needs the `serve`
+extra: pip install "eager-kernels[serve]" (fastapi, uvicorn, prometheus_client); this
+package imports it only when create_app, State or DrainingServer is first used.
 """
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import threading
-import time
-
+from .cli import KV_LAYOUTS, build_parser, load_engine, main
 from .protocol import APIError, Settings
 
-__all__ = ["APIError", "Settings", "build_parser", "create_app", "load_engine", "main"]
-
-KV_LAYOUTS = {"auto": None, "unified": True, "streams": False}
-
-
-def create_app(*args, **kwargs):
-    from .app import create_app as _create
-
-    return _create(*args, **kwargs)
+__all__ = ["APIError", "DrainingServer", "KV_LAYOUTS", "Settings", "State", "build_parser", "create_app",
+           "load_engine", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eager-kernels serve",
-                                description="An OpenAI-compatible HTTP server for EAGer generation (docs/serving.md).")
-    p.add_argument("--engine", choices=["auto", "transformers", "llamacpp", "vllm"], default="auto",
-                   help="the inference stack (default auto: llama.cpp when llama-cpp-python is installed)")
-    p.add_argument("--model", default=None, help="a transformers model directory (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--gguf", default=None, help="a GGUF file for the llama.cpp engine (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--served-model-name", default=None,
-                   help="the name clients send as `model` (default: the model's name); others get 404")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("EAGER_KERNELS_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1 (default: $EAGER_KERNELS_API_KEY, else none)")
-    p.add_argument("--policy", choices=["paper", "seed"], default="paper",
-                   help="the EAGer policy when a request's eager.policy is not given (default paper: sampling)")
-    p.add_argument("--max-paths", type=int, default=8, help="M, paths per prompt when a request gives none (8)")
-    p.add_argument("--max-paths-limit", type=int, default=32, help="the largest eager.max_paths accepted (32)")
-    p.add_argument("--max-queue", type=int, default=64,
-                   help="requests waiting for the worker; beyond it 429 with Retry-After (64)")
-    p.add_argument("--max-batch", type=int, default=16, help="prompts in one generate() call (16)")
-    p.add_argument("--max-batch-rows", type=int, default=256,
-                   help="prompts x max_paths in one generate() call (256, llama.cpp's sequence slots)")
-    p.add_argument("--batch-window-ms", type=float, default=10.0,
-                   help="how long the worker waits for more requests after the first of a batch (10 ms)")
-    p.add_argument("--no-batch-invariant", dest="batch_invariant", action="store_false",
-                   help="let prompts of a batch share engine calls even on an engine that is not batch-invariant "
-                        "(faster; a response may then move in the last bits with its batch)")
-    p.add_argument("--kv-layout", choices=sorted(KV_LAYOUTS), default="auto",
-                   help="llama.cpp KV layout (default auto: the engine's choice, one shared cache up to 4 prompts "
-                        "per call; unified; streams: one KV stream per row); docs/serving.md")
-    p.add_argument("--backend", choices=["auto", "torch", "cpu", "triton"], default="auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch and llama.cpp")
-    p.add_argument("--drain-timeout", type=float, default=60.0,
-                   help="on SIGTERM / SIGINT: seconds to finish the requests in flight before exiting (60)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    return p
+def __getattr__(name):
+    """The names that need the `serve` extra, imported on first use."""
+    if name in ("create_app", "State"):
+        from . import app
 
+        return getattr(app, name)
+    if name == "DrainingServer":
+        from .server import DrainingServer
 
-def load_engine(args):
-    """(engine or model, tokenizer, served name, context length) for the parsed options."""
-    from ..engines.select import load, resolve
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    engine = resolve(args.engine, model_dir=args.model)
-    model, tok, _, _ = load(engine, model_dir=args.model, gguf=args.gguf, threads=args.threads,
-                            kv_unified=KV_LAYOUTS[args.kv_layout])
-    if engine == "llamacpp":
-        ctx = model.n_ctx or model.n_ctx_train
-    elif engine == "vllm":
-        ctx = model.max_model_len
-    else:
-        ctx = getattr(model.config, "max_position_embeddings", None)
-    if args.gguf:
-        name = os.path.splitext(os.path.basename(args.gguf))[0]
-    elif args.model:
-        name = os.path.basename(os.path.normpath(str(args.model)))
-    else:
-        name = "SmolLM2-135M-Instruct"
-    return model, tok, name, ctx
-
-
-def _check_args(args):
-    for opt in ("max_paths", "max_paths_limit", "max_queue", "max_batch", "max_batch_rows"):
-        if getattr(args, opt) < 1:
-            raise ValueError(f"--{opt.replace('_', '-')}: expected an int >= 1, got {getattr(args, opt)}")
-    if args.max_paths > args.max_paths_limit:
-        raise ValueError(f"--max-paths ({args.max_paths}) exceeds --max-paths-limit ({args.max_paths_limit})")
-    if args.batch_window_ms < 0 or args.drain_timeout < 0:
-        raise ValueError("--batch-window-ms and --drain-timeout: expected numbers >= 0")
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    _check_args(args)
-    from ..errors import require
-
-    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("prometheus_client", "prometheus_client")):
-        require(module, package=package, extra="serve", purpose="eager-kernels serve")
-    import uvicorn
-
-    from .app import State, create_app as _create
-
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    log = logging.getLogger("eager_kernels.serve")
-    t0 = time.perf_counter()
-    engine, tok, name, ctx = load_engine(args)
-    settings = Settings(model_name=args.served_model_name or name, policy=args.policy, max_paths=args.max_paths,
-                        max_paths_limit=args.max_paths_limit, max_prompts=args.max_batch, context=ctx,
-                        backend=args.backend, batch_invariant=args.batch_invariant)
-    state = State()
-    app = _create(engine, tok, settings, api_key=args.api_key, max_queue=args.max_queue,
-                  window_s=args.batch_window_ms / 1000, max_batch=args.max_batch,
-                  max_batch_rows=args.max_batch_rows, state=state)
-    invariant = getattr(engine, "batch_invariant", False)
-    log.info("model %s (%s engine, context %s) loaded in %.1f s; batch-invariant responses: %s", settings.model_name,
-             getattr(engine, "name", "transformers"), ctx, time.perf_counter() - t0,
-             "yes" if args.batch_invariant or invariant else "no")
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=max(1, int(args.drain_timeout)))
-    server = DrainingServer(config, state, args.drain_timeout)
-    server.run()
-    return 0
-
-
-def _draining_server_class():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server with a drain before the exit: the first SIGTERM / SIGINT makes new
-        requests get 503 (the socket stays open so that they get an answer), waits for the
-        requests in flight (at most drain_timeout s), then lets uvicorn shut down; a second
-        signal exits at once."""
-
-        def __init__(self, config, state, drain_timeout):
-            super().__init__(config)
-            self.state, self.drain_timeout = state, drain_timeout
-
-        def handle_exit(self, sig, frame):
-            if self.state.draining:
-                self.should_exit = self.force_exit = True
-                return
-            self.state.draining = True
-            threading.Thread(target=self._drain, name="eager-serve-drain", daemon=True).start()
-
-        def _drain(self):
-            end = time.monotonic() + self.drain_timeout
-            while time.monotonic() < end:
-                with self.state.lock:
-                    if self.state.in_flight == 0:
-                        break
-                time.sleep(0.05)
-            self.should_exit = True
-
-    return Server
-
-
-def DrainingServer(config, state, drain_timeout):
-    return _draining_server_class()(config, state, drain_timeout)
+        return DrainingServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
