@@ -26,9 +26,7 @@
 // columns by two unpacks with zero (block_lse_bf16), the top-kp filter and the Gumbel scan
 // comparing the bits as int16 against the bfloat16 just below their float bound (top_bf16,
 // scan_bf16), and the Gumbel scores transposing the quads' 16-bit values before the
-// unpacks. One thread, B = 8, V = 152064 (cpu_chunk_driver.cpp, minimum over 8 alternated
-// rounds): sampling pass 607 -> 554 us flat, 421 -> 363 peaked, greedy 291 -> 235, where
-// float32 takes 586, 394 and 272 (2026-11-29 sixth session; docs/cpu_tiers.md).
+// unpacks (chosen by measurement: docs/cpu_tiers.md#bf16-in-place).
 //
 // The log polynomial is the AVX-512 one (eager_cpu.h), so both tiers give the same scores
 // and draws. The exp of the sums is this tier's own (exp_nonpos, 6 FMA-class operations
@@ -36,13 +34,10 @@
 // term by an FMA, and no clamp where the block's min allows): sums agree with the AVX-512
 // tier's to float32 rounding, not bit for bit.
 //
-// Measured on an AMD EPYC (Zen 4) with the tier forced, one thread, B = 8, V = 152064,
-// float32 3 randn logits (benchmarks/cpu_chunk_driver.cpp, min of 20): sampling pass 1194
-// -> 704 us, greedy pass 437 -> 334 us, against the version with a scalar enqueue loop,
-// logits copied into the queue, a table bound, no seed, and exp sums spilled to memory; then
-// (minimum over 12 alternated rounds) greedy 347 -> 328 us with two max chains in (1),
-// sampling 700 -> 659 us with (1) folded into the seed pass, 643 -> 588 us with the
-// log-sum-exp by lse_term_acc and the clamp left out (docs/cpu_tiers.md has the steps).
+// The structure above (vector enqueue, logits re-read from the row, the bound line, the seed,
+// sums kept in registers, two max chains, the log-sum-exp by lse_term_acc) was chosen by
+// measurement, one change at a time: docs/cpu_tiers.md#avx2-tier
+// (benchmarks/cpu_chunk_driver.cpp times the chunk kernels alone).
 #include "eager_cpu.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64))
@@ -79,8 +74,7 @@ EK_INLINE __m256 load8(const void* row, int64_t i) {
 
 // 16 elements as two float32 vectors in column order. bfloat16 from one 256-bit load: the
 // qwords reordered [0, 2, 1, 3], so the unpacks with zero give columns 0..7 and 8..15 (4
-// operations per 16 against 6 for two load8; the bfloat16 sampling pass 680 -> 659 us flat,
-// 496 -> 470 peaked, one thread, B = 8, V = 152064).
+// operations per 16 against 6 for two load8; measured: docs/cpu_tiers.md#bf16-in-place).
 template <int Kind>
 EK_INLINE void load16(const void* row, int64_t i, __m256& x0, __m256& x1) {
   if (Kind == kBF16) {
@@ -185,12 +179,12 @@ constexpr float kExp2Eighths[8] = {1.0f, 1.0905077327f, 1.1892071150f, 1.2968395
 // of t), 2^(n div 8) added to the exponent bits (an integer add: n div 8 >= -125, so no
 // subnormal). 6 FMA-class operations, against 10 for the AVX-512 tier's form (log2 e in two
 // parts, a degree-6 polynomial, scale by a multiply): on Zen 4 the sums loop is bound by
-// the two FMA pipes (one thread, B = 8, V = 152064 float32: greedy pass 416 us with that
-// form, 370 with 8 FMA-class operations, 334 with these 6). Accuracy against exp in double
-// (benchmarks/avx2_exp_accuracy.cpp): at most 2.3 ulp (mean 0.5) for d in [-1, 0], 4.2
-// (mean 1.1) for d in [-10, 0] (r carries the rounding of 8 log2 e, a relative error of
-// about 1.3e-8 |d|); the float32 partial sums of about 600 terms a lane round far more. The
-// sums differ from the AVX-512 tier's in the last bits; the draws do not (no exp there).
+// the two FMA pipes, so fewer operations are faster (docs/cpu_tiers.md#avx2-exp). Accuracy
+// against exp in double (benchmarks/avx2_exp_accuracy.cpp): at most 2.3 ulp (mean 0.5) for
+// d in [-1, 0], 4.2 (mean 1.1) for d in [-10, 0] (r carries the rounding of 8 log2 e, a
+// relative error of about 1.3e-8 |d|); the float32 partial sums of about 600 terms a lane
+// round far more. The sums differ from the AVX-512 tier's in the last bits; the draws do
+// not (no exp there).
 // The two pieces exp_nonpos and lse_term_acc share, from t (n in its low mantissa bits, as
 // left by the 1.5 2^23 shifter) and r: 2^(r/8) by the cubic; 2^((n mod 8)/8) from the table
 // by one permute; and 2^(n div 8) as exponent bits to add to a float's bits.
@@ -226,9 +220,8 @@ EK_INLINE __m256 exp_nonpos(__m256 d) {
 // 14 for exp_nonpos of x - m, clamped, then an add (on Zen 4 the loop is bound by the four
 // FP pipes, which also run the integer and shuffle operations, not only by the two FMA ones).
 // kf = 1.5 2^23 - J; x must be >= (J - 990) / c (the caller clamps where a block's min is lower).
-// With the clamp left out where it can be: one thread, B = 8, V = 152064, float32, sampling
-// pass 643 -> 588 us flat, 458 -> 399 peaked, greedy 329 -> 278; bfloat16 658 -> 606, 469 ->
-// 417, 336 -> 288 (benchmarks/cpu_chunk_driver.cpp, minimum over 8 alternated rounds).
+// This form, and the clamp left out where it can be, chosen by measurement:
+// docs/cpu_tiers.md#avx2-tier.
 EK_INLINE __m256 lse_term_acc(__m256 x, __m256 kf, __m256 acc) {
   const __m256 c = _mm256_set1_ps(8.0f * kLog2E);
   const __m256 t = _mm256_fmadd_ps(x, c, kf);
@@ -276,7 +269,7 @@ EK_INLINE void make_keys(PhiloxKeys& keys, uint32_t key0, uint32_t key1) {
 
 // High and low 32-bit halves of the 8 products a * m: mul_epu32 multiplies the even lanes,
 // the odd lanes are shifted down first; the low halves come from mullo in one instruction
-// (about 4% off the sampling step on the AMD EPYC here, against two for the blend).
+// instead of two for a blend (measured: docs/cpu_tiers.md#philox-products).
 EK_INLINE void mul_hi_lo(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(a, m);
   const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
@@ -531,8 +524,7 @@ EK_INLINE void bits_stats(const void* p, int64_t n0, float& bmax, float& bmin, b
 // so the final arg-max is unchanged; but with a high best from the first block on, the main
 // pass queues far fewer quads (flat 3 randn logits, B = 8, V = 152064: 113k -> 72k of 304k
 // quads; unseeded, the best grows over the row and the early blocks queue most of theirs).
-// The max pass costs about 8 us a row of 152064 float32 here; one thread, the sampling pass
-// went 780 -> 733 us flat, 586 -> 536 us peaked, and 21.0 -> 11.6 us for one chunk of 16000.
+// The max pass costs far less than the quads it saves (measured: docs/cpu_tiers.md#seed-pass).
 template <int Kind>
 void seed_best(const ChunkParams& P, int32_t tail_quad, const void* tail, const void* dead, const PhiloxKeys& keys,
                const BoundLine& line, __m256 vtemp, float& best, int64_t& best_id, float* block_max, float* block_min,
@@ -657,7 +649,7 @@ __attribute__((noinline)) void block_lse(const float* xb, int nv, float kf, floa
 // block_lse on a full block of bfloat16 read in place: the unpacks with zero make float32
 // of 16 columns in two operations (lanes in a shuffled order, which a sum does not mind).
 // Kept apart from block_lse: one function for both layouts (a bfloat16 flag, the same
-// loop) made the bfloat16 flat sampling pass 548 -> 560 us (driver, one thread, B = 8).
+// loop) was slower (docs/cpu_tiers.md#bf16-in-place).
 template <bool CLAMP>
 __attribute__((noinline)) void block_lse_bf16(const uint16_t* hb, float kf, float xlo, __m256* acc) {
   const __m256 vk = _mm256_set1_ps(kf);
@@ -870,8 +862,8 @@ void chunk_kernel(const ChunkParams& P, ChunkResult& R) {
       if (Kind == kF16) convert();
     } else {
       // Sub-pass 1 (the only read of memory when not sampling): convert to float32 into L1,
-      // max, min, NaN/+inf. Two max chains: with one, the loop waited on the max latency (one
-      // thread, B = 8, V = 152064 float32: the greedy pass 347 -> 328 us).
+      // max, min, NaN/+inf. Two max chains: with one, the loop waited on the max latency
+      // (docs/cpu_tiers.md#avx2-tier).
       __m256 vmax = vninf, vmin = vinf, vbad = _mm256_setzero_ps();
       {
         __m256 vmax1 = vninf, vmin1 = vinf, vbad1 = _mm256_setzero_ps();

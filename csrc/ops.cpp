@@ -74,11 +74,9 @@ const GumbelTable& gumbel_table() {
 enum class Isa { kScalar, kAvx2, kAvx512 };
 
 // AMD family 19h with AVX-512 is Zen 4, which runs 512-bit operations as two 256-bit halves.
-// There the AVX2 tier (which has the AVX2-only changes of docs/cpu_tiers.md) is the faster:
-// `benchmarks/bench_cpu_isa.py`, 2026-11-29 16:01 UTC (results/cpu_isa_2threads_r21.txt), B =
-// 8, V = 152064 float32, 2 threads, sampling step 342.1 us against 410.2 (flat), 216.9
-// against 257.2 (peaked), greedy 156.5 against 189.2; bfloat16 and B = 1 the same way or
-// equal. No Intel AVX-512 machine was at hand: elsewhere AVX-512 stays the pick.
+// There the AVX2 tier (which has the AVX2-only changes of docs/cpu_tiers.md) measured the
+// faster in every cell of benchmarks/bench_cpu_isa.py (docs/cpu_tiers.md#zen4-pick); no Intel
+// AVX-512 CPU has been measured, so elsewhere AVX-512 stays the pick.
 bool amd_zen4() {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
   unsigned a, b, c, d;
@@ -210,7 +208,7 @@ void check_logits(const at::Tensor& logits) {
 void chunk_layout(int64_t rows, int64_t vocab, int64_t& nchunks, int64_t& chunk_len) {
   // A single row: one chunk per ~16k columns, 1..4 (V = 32000: 2; V >= 64000: 4); each chunk
   // restarts the top-k filter and adds a merge, which at V = 32000 cost more than a third
-  // thread saves (AVX2 tier, 2 threads: greedy 31.3 -> 21.9 us with 2 chunks instead of 4).
+  // thread saves (measured: docs/cpu_tiers.md#threads-and-chunks).
   // A few rows: 4 items in all, for balance; 4 rows and more: a row per item. Never the
   // thread count: results must not depend on it (test_thread_count_independent).
   const int64_t want = rows == 1 ? std::min<int64_t>(4, std::max<int64_t>(1, vocab / 16000))
@@ -275,18 +273,14 @@ void run_pass(const at::Tensor& logits, int kp, int sums, bool sample, const Tem
   };
   // Small inputs run on the calling thread: a parallel region costs microseconds, more when
   // the other core is busy. The bound (32768 logits, a sampling pass counted twice) keeps B =
-  // 1, V = 32000 greedy on the calling thread (AVX2 tier, 2 vCPUs, `_C.eager_step` float32
-  // flat logits, alternated processes of 3000 calls, 2026-11-29 15:25 UTC: median 13.8-13.9
-  // us against 15.9-18.5 on two threads) and its sampling pass on two (bench_cpu_isa.py 33.2
-  // us on two threads at 15:25, 37.6 on one at 15:32; direct calls 31.3-32.6 on one, 32.7-38.3
-  // on two: the gain depends on the other core being free). The chunk layout, and so the
+  // 1, V = 32000 greedy on the calling thread and its sampling pass on two, each the faster
+  // there (measured: docs/cpu_tiers.md#threads-and-chunks). The chunk layout, and so the
   // result, is the same either way.
   // Otherwise the threads take items one at a time from a shared counter (dynamic, not a
   // fixed share each): chunks of the same size differ in work (the Gumbel candidates of a row
-  // depend on its values; 77..109 us a row for the 8 rows of benchmarks/bench_cpu_isa.py at B
-  // = 8, flat logits, AVX2 tier), and a fixed split in index order left one of two threads
-  // 7% longer. Which thread runs an item never changes its result (one ChunkResult slot per
-  // item).
+  // depend on its values), and a fixed split in index order left one thread idle longer
+  // (docs/cpu_tiers.md#threads-and-chunks). Which thread runs an item never changes its
+  // result (one ChunkResult slot per item).
   if (rows * vocab * (sample ? 2 : 1) <= 32768 || items == 1) {
     work(0, items);
   } else {
