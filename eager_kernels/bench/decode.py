@@ -9,8 +9,8 @@
 (a) The practitioner loop, seed policy, greedy, as usually written: one path at a time;
     every step re-runs the model on the whole sequence (no KV cache); .item() per token;
     the threshold is max(theta, numpy.percentile(history, q)) of all entropies of the
-    prompt's paths at earlier steps (initial_threshold while empty), as ../shared/EAGER.md
-    fixes it; a branch opens min(num_branches, 10 // (1 + branches so far)) children with
+    prompt's paths at earlier steps (initial_threshold while empty), as docs/sampler.md#threshold
+    defines it; a branch opens min(num_branches, 10 // (1 + branches so far)) children with
     the top-n tokens; after each step the 32 best cumulative log-probability paths survive
     (finished ones included); the answer is the best log-probability per token.
 (b) eager_kernels.generate, seed policy, backend "torch" (the ops of eager_kernels.kernels.reference).

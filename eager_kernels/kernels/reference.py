@@ -4,7 +4,7 @@ Written for clarity, not speed. Each function notes its memory traffic for logit
 shape [B, V] (element size e bytes after the float32 upcast: 4) so that the fused kernels'
 single pass can be compared with it.
 
-Semantics (see ../shared/EAGER.md and docs/api.md):
+Semantics (see docs/api.md; the method: docs/sampler.md#the-method):
 - logits are raw (before temperature); -inf entries are legal and contribute nothing.
 - Everything is accumulated in float32 (float64 if float64 is passed, which is how the
   tests build the oracle) and returned in that dtype; token ids are int64.

@@ -1,4 +1,5 @@
-"""Sharing the budget across prompts (../shared/EAGER.md, "Budget across prompts").
+"""Sharing the budget across prompts (docs/sampler.md#budget-across-prompts; EAGer-adapt and
+full EAGer are the paper's, arXiv:2510.11170).
 
 The budget is counted in sequences (paths). After EAGer-init each prompt has used
 `paths_used[i] <= M` paths; the saved budget is sum(M - paths_used[i]).

@@ -20,7 +20,8 @@ class _PolicyDefault:
 DEFAULT = _PolicyDefault()
 BUDGET_MODES = ("init", "adapt", "full", "entropy")
 
-# Per-policy defaults of the fields left as None (see ../shared/EAGER.md, "Two policies").
+# Per-policy defaults of the fields left as None (docs/sampler.md#two-policies: "paper" follows
+# arXiv:2510.11170, "seed" is a practitioner variant).
 POLICY_DEFAULTS = {
     "paper": dict(temperature=0.6, entropy_top_k=20, theta=2.2, q=99.0, initial_threshold=2.2,
                   num_branches=2, branch_divisor=None, prune_to=None),
