@@ -1,6 +1,6 @@
 """`make demo`, part one: each op on a few realistic shapes, its result checked against
 the float64 reference and its time next to the torch reference and the plain torch step,
-on this machine, with the backend "auto" picks here."""
+on the machine that runs it, with the backend "auto" picks there."""
 from __future__ import annotations
 
 import torch

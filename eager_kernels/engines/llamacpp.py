@@ -12,27 +12,23 @@ stream per sequence for more:
 - reorder: a dropped row's sequence is removed (llama_memory_seq_rm); a forked row's
   sequence is copied to a free id (llama_memory_seq_cp). Rows that stay keep their ids.
 
-Why the choice (`python benchmarks/bench_llamacpp_layout.py`, 2 threads, SmolLM2 BF16,
-2026-11-29 05:40 UTC, benchmarks/results/llamacpp_layout.txt): in a unified cache every
-row's attention runs over all the cells in use (other rows' cells are masked, not
-skipped), so a step grows with rows x all rows' tokens: 12 prompts x 8 rows of 400-token
-prompts cost 14.2 ms per row-token unified and 3.05 with a stream per row (1 prompt: 4.26
-against 5.00). But a fork between streams copies the parent's stream and costs llama.cpp
-far more than retagging cells: the decode benchmark's workload (1 prompt, the seed policy
-forking to 32 rows) took 1.21 s unified and 4.05 s with streams. Flash attention is on in
-both layouts (8 prompts of ~600 tokens x 8 rows, streams: a step 228 ms on, 245 ms with
-llama.cpp's "auto", 341 ms off; unified on the seed workload: 1.16 s on, 1.21 s auto).
+Why the choice: in a unified cache every row's attention runs over all the cells in use
+(other rows' cells are masked, not skipped), so a step grows with rows x all rows' tokens
+and many prompts are far cheaper with a stream per row; but a fork between streams copies
+the parent's stream, which costs llama.cpp far more than retagging cells, so a forking
+workload of few prompts is far cheaper unified. Flash attention is on in both layouts (as
+fast as llama.cpp's "auto" or faster, and faster than off). Chosen by measurement
+(`python benchmarks/bench_llamacpp_layout.py`): docs/engines.md, "LlamaCppEngine" (KV
+layout, flash attention).
 
-Batch invariance (engines/base.py; docs/reproducibility.md; measured by
-benchmarks/bench_batch_invariance.py): batch_invariant = False. In a unified cache a row's
+Batch invariance (engines/base.py; measured by benchmarks/bench_batch_invariance.py, the
+figures in docs/reproducibility.md): batch_invariant = False. In a unified cache a row's
 logits depend on the other prompts of the call, whose cells sit among its own and whose
-tokens share its prefill (SmolLM2 BF16, 4 prompts x 8 rows against each alone: log-probs up
-to 0.23 apart after the prefill, 0.36 while decoding). With one KV stream per row (kv_unified=
-False, the layout above 4 prompts) each prompt is prefilled in a call of its own and a row
-attends over its own stream: SmolLM2 BF16 came out bit-identical to each prompt alone (4
-and 12 prompts x 8 rows, 1 and 2 threads), but the tiny F32 GGUF of the test suite did not
-(log-probs 5e-7 apart: the F32 matmul's result for a row moves with the row count), and 2 of
-12 SmolLM2 trees of a forking workload (the seed policy) still changed, so no layout is
+tokens share its prefill. With one KV stream per row (kv_unified=False, the layout above 4
+prompts) each prompt is prefilled in a call of its own and a row attends over its own
+stream: SmolLM2 BF16 came out bit-identical to each prompt alone, but the tiny F32 GGUF of
+the test suite did not (the F32 matmul's result for a row moves with the row count), and
+some SmolLM2 trees of a forking workload (the seed policy) still changed, so no layout is
 declared invariant. EagerConfig(batch_invariant=True) gives each prompt calls of
 its own instead (one prompt per call: the unified layout).
 
@@ -256,7 +252,7 @@ class LlamaCppEngine(Engine):
     kv_copies = 1  # the context's cells are allocated once
     name = "llamacpp"
     batch_invariant = False
-    batch_deviation = 0.36  # 4 prompts x 8 rows in the unified cache against each alone (module docstring)
+    batch_deviation = 0.36  # 4 prompts x 8 rows in the unified cache against each alone (docs/reproducibility.md)
 
     def __init__(self, model_path, *, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
                  kv_unified: Optional[bool] = None, verbose: bool = False,
@@ -330,7 +326,7 @@ class LlamaCppEngine(Engine):
         p.n_threads = p.n_threads_batch = self.n_threads
         p.kv_unified = unified
         # Flash attention on: as fast as llama.cpp's "auto" or faster in both layouts, and
-        # 1.5x faster than off at ~600 tokens of context (module docstring).
+        # faster than off (module docstring; the figures: docs/engines.md).
         p.flash_attn_type = 1 if self._flash_attn is None else self._flash_attn
         p.no_perf = True
         ctx = lib.llama_init_from_model(self._model, p)

