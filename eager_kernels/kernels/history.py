@@ -70,8 +70,8 @@ class EntropyHistory:
             )
 
     def _count_max(self) -> int:
-        """max(count) of a CPU history: for a few groups through tolist() (~0.5 us, against
-        ~1.4 us for a torch reduction and .item())."""
+        """max(count) of a CPU history: for a few groups through tolist(), faster than a torch
+        reduction and .item() (docs/api.md#wrapper-cost)."""
         count = self.count
         return max(count.tolist()) if count.shape[0] <= 64 else int(count.max())
 

@@ -125,7 +125,7 @@ def eager_step(
     initial_threshold = _checks.check_finite_number("initial_threshold", initial_threshold)
     seed = _checks.check_seed(seed, rows, logits.device)
     _checks.check_counter("offset", offset)
-    compiling = _compiling()  # asked once: each ask costs about 0.5 us at B = 1
+    compiling = _compiling()  # asked once: each ask costs (docs/api.md#wrapper-cost)
     temp, seed, offset = _random_args(temperature, seed, offset, rows, logits.device, compiling)
     group = history.check_group(group, rows, check_values=backend != "cpu" or compiling)
     if rows == 0:
@@ -138,7 +138,8 @@ def eager_step(
             entropy_top_k, q, theta, initial_threshold, seed, offset)
     if backend == "cpu" and not compiling:
         # The C++ step checks the history's room itself (room_check=True: the same
-        # ValueError, before any change), which saves check_room's ~1.4 us at B = 1.
+        # ValueError, before any change), which saves check_room's cost at B = 1
+        # (docs/api.md#wrapper-cost).
         return StepResult(*_registry.implementation("cpu").eager_step(*args, True))
     history.check_room(group)
     return StepResult(*_call("eager_step", backend, compiling)(*args))

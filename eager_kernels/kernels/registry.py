@@ -9,7 +9,7 @@ Backends, each a namespace of the same functions (see _BackendTorch for the sign
 - "torch": eager_kernels.kernels.reference plus the value checks; the oracle.
 - "cpu":   the C++ extension eager_kernels.kernels._C (built at install time), CPU tensors only.
 - "triton": eager_kernels.kernels.triton (CUDA tensors, or CPU tensors under
-  TRITON_INTERPRET=1, which is how the tests run it here).
+  TRITON_INTERPRET=1, which is how the tests run it without a GPU).
 """
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def _cpu_backend():
     global _cpu_backend_module
     if _cpu_ext is None:
         raise _cpu_unavailable()
-    if _cpu_backend_module is None:  # imported once (an import statement per call costs ~0.4 us)
+    if _cpu_backend_module is None:  # imported once: an import per call costs (docs/api.md#wrapper-cost)
         from . import cpu as cpu_backend
 
         _cpu_backend_module = cpu_backend
