@@ -39,6 +39,7 @@ import torch
 
 from . import common as bm
 from ..engines.base import Engine, chat_token_ids
+from ..sampler.options import default
 
 RAW = Path("benchmarks") / "results" / "vllm_decode.txt"
 
@@ -162,17 +163,31 @@ def _greedy(eng, prompts, T, repeats):
 
 
 def run(args) -> int:
-    """The rows above, printed as a table and appended to benchmarks/results/vllm_decode.txt."""
-    import vllm
-
-    from .. import sampler as ek
-    from vllm import SamplingParams
-
-    from ..engines.select import load
-
+    """The rows above, printed as a table and appended to args.raw (default
+    benchmarks/results/vllm_decode.txt)."""
     if args.prompts < 1:
         raise ValueError(f"--prompts: expected >= 1, got {args.prompts}")
     step_rows = args.step_rows or []
+    eng, tok, name, load_s = _load_engine(step_rows)
+    prompts, described = _prompts(tok, args.prompts)
+    rows, same = _measure(args, eng, prompts)
+    sweep = _step_sweep(eng, prompts[0], args.max_new_tokens, args.repeats, step_rows) if step_rows else []
+    eng.close()
+    text = "\n".join(_table(args, rows, same, sweep, _header(args, eng, name, load_s, described)))
+    print("\n" + text)
+    out = Path(args.raw)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(text + "\n\n")
+    print(f"appended to {out}")
+    return 0
+
+
+def _load_engine(step_rows):
+    """(VllmEngine on the default model, tokenizer, name, load seconds); --step-rows checked
+    against its max_num_seqs."""
+    from ..engines.select import load
+
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     t0 = time.perf_counter()
     eng, tok, name, _ = load("vllm")
@@ -181,60 +196,84 @@ def run(args) -> int:
     if too_many:
         eng.close()
         raise ValueError(f"--step-rows: {too_many} exceed the engine's max_num_seqs={eng.max_num_seqs}")
-    prompts, described = _prompts(tok, args.prompts)
-    P = len(prompts)
+    return eng, tok, name, load_s
+
+
+def _eager_row(rows: list, label, engine, prompts, cfg, reps):
+    """eager_kernels.generate on `engine`, timed (after a warm-up), appended to rows; its output."""
+    from .. import sampler as ek
+
+    ek.generate(engine, prompts[:1], cfg.replace(max_new_tokens=2))  # warm-up
+    med, best, out = _timed(lambda: ek.generate(engine, prompts, cfg), reps)
+    m = out.metrics
+    rows.append(dict(method=label, seconds=med, best_s=best, sequences=sum(len(r.paths) for r in out.results),
+                     tokens=m.tokens_generated, steps=m.steps, forks=m.branch_events,
+                     answer=out.results[0].answer.text))
+    return out
+
+
+def _measure(args, eng, prompts) -> tuple:
+    """The rows (a), (b), (b0), (c); and whether (a) paper and (c) grew the same paths and
+    chose the same answers."""
+    from .. import sampler as ek
+
     T, M, R = args.max_new_tokens, args.paper_m, args.repeats
-    temp = args.paper_temperature
-    backend = args.backend
-    seed_cfg = ek.EagerConfig.seed_policy(max_new_tokens=T, backend=backend)
-    paper_cfg = ek.EagerConfig.paper(max_new_tokens=T, max_paths_per_prompt=M, backend=backend, temperature=temp)
+    seed_cfg = ek.EagerConfig.seed_policy(max_new_tokens=T, backend=args.backend)
+    paper_cfg = ek.EagerConfig.paper(max_new_tokens=T, max_paths_per_prompt=M, backend=args.backend,
+                                     temperature=args.paper_temperature)
     rows = []
-
-    def eager_row(label, engine, cfg, reps):
-        ek.generate(engine, prompts[:1], cfg.replace(max_new_tokens=2))  # warm-up
-        med, best, out = _timed(lambda: ek.generate(engine, prompts, cfg), reps)
-        m = out.metrics
-        rows.append(dict(method=label, seconds=med, best_s=best, sequences=sum(len(r.paths) for r in out.results),
-                         tokens=m.tokens_generated, steps=m.steps, forks=m.branch_events,
-                         answer=out.results[0].answer.text))
-        return out
-
-    if P == 1 or args.seed_rows:
-        eager_row("(a) EAGer seed policy on VllmEngine", eng, seed_cfg, R)
-    paper = eager_row(f"(a) EAGer paper policy M={M} on VllmEngine", eng, paper_cfg, R)
-
-    requests = [{"prompt_token_ids": ids} for ids in prompts]
-    b_temp = temp if temp > 0 else 0.6  # vLLM refuses n > 1 with greedy sampling
-    params = SamplingParams(n=M, temperature=b_temp, max_tokens=T, ignore_eos=True, detokenize=False)
-    _in_thread(lambda: eng.llm.generate(requests[:1], params, use_tqdm=False))  # warm-up
-    med, best, outs = _timed(lambda: eng.llm.generate(requests, params, use_tqdm=False), R)
-    ntok = sum(len(c.token_ids) for o in outs for c in o.outputs)
-    rows.append(dict(method=f"(b) vLLM parallel sampling n={M}, T={b_temp:g}", seconds=med, best_s=best, sequences=M * P,
-                     tokens=ntok, steps=T, forks=0, answer="-"))
-
-    med, best, outs = _greedy(eng, [ids for ids in prompts for _ in range(M)], T, R)
-    rows.append(dict(method=f"(b0) vLLM greedy, {M} requests per prompt", seconds=med, best_s=best,
-                     sequences=M * P, tokens=sum(len(o.outputs[0].token_ids) for o in outs), steps=T, forks=0,
-                     answer="-"))
-
+    if len(prompts) == 1 or args.seed_rows:
+        _eager_row(rows, "(a) EAGer seed policy on VllmEngine", eng, prompts, seed_cfg, R)
+    paper = _eager_row(rows, f"(a) EAGer paper policy M={M} on VllmEngine", eng, prompts, paper_cfg, R)
+    rows += _vllm_rows(args, eng, prompts)
     host = HostLoopEngine(eng)
-    hout = eager_row(f"(c) host loop, paper M={M}: LLM.generate per token per path", host, paper_cfg,
-                     max(1, args.host_repeats))
+    hout = _eager_row(rows, f"(c) host loop, paper M={M}: LLM.generate per token per path", host, prompts,
+                      paper_cfg, max(1, args.host_repeats))
     rows[-1]["steps"] = host.calls  # LLM.generate calls of the last run
     same = [[p.token_ids for p in r.paths] for r in paper.results] == [[p.token_ids for p in r.paths]
                                                                        for r in hout.results]
     same_answers = [r.answer.token_ids for r in paper.results] == [r.answer.token_ids for r in hout.results]
-    sweep = _step_sweep(eng, prompts[0], T, R, step_rows) if step_rows else []
-    eng.close()
+    return rows, (same, same_answers)
 
+
+def _vllm_rows(args, eng, prompts) -> list:
+    """(b) vLLM's parallel sampling and (b0) its greedy decode, M sequences per prompt."""
+    from vllm import SamplingParams
+
+    T, M, R, P = args.max_new_tokens, args.paper_m, args.repeats, len(prompts)
+    requests = [{"prompt_token_ids": ids} for ids in prompts]
+    temp = args.paper_temperature
+    b_temp = temp if temp > 0 else default("temperature", "paper")  # vLLM refuses n > 1 with greedy sampling
+    params = SamplingParams(n=M, temperature=b_temp, max_tokens=T, ignore_eos=True, detokenize=False)
+    _in_thread(lambda: eng.llm.generate(requests[:1], params, use_tqdm=False))  # warm-up
+    med, best, outs = _timed(lambda: eng.llm.generate(requests, params, use_tqdm=False), R)
+    ntok = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    rows = [dict(method=f"(b) vLLM parallel sampling n={M}, T={b_temp:g}", seconds=med, best_s=best, sequences=M * P,
+                 tokens=ntok, steps=T, forks=0, answer="-")]
+    med, best, outs = _greedy(eng, [ids for ids in prompts for _ in range(M)], T, R)
+    rows.append(dict(method=f"(b0) vLLM greedy, {M} requests per prompt", seconds=med, best_s=best,
+                     sequences=M * P, tokens=sum(len(o.outputs[0].token_ids) for o in outs), steps=T, forks=0,
+                     answer="-"))
+    return rows
+
+
+def _header(args, eng, name, load_s, described) -> str:
+    import vllm
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{stamp}; {bm.cpu_name()}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; "
+            f"vllm {vllm.__version__}, torch {torch.__version__}; {name} (loaded in {load_s:.0f} s); "
+            f"block_size {eng.block_size}; {described}, {args.max_new_tokens} new tokens, "
+            f"paper T = {args.paper_temperature}, median of {args.repeats} (host loop: {max(1, args.host_repeats)})")
+
+
+def _table(args, rows, same, sweep, header) -> list:
+    """The table's lines: the header, a line per row, the ratios to the goals, the step sweep."""
+    T, R = args.max_new_tokens, args.repeats
     for r in rows:
         r["ms_per_token"] = 1e3 * r["seconds"] / max(1, r["tokens"])
         r["ms_per_step"] = 1e3 * r["seconds"] / max(1, r["steps"])
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"{stamp}; {bm.cpu_name()}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; "
-             f"vllm {vllm.__version__}, torch {torch.__version__}; {name} (loaded in {load_s:.0f} s); "
-             f"block_size {eng.block_size}; {described}, {T} new tokens, paper T = {temp}, "
-             f"median of {R} (host loop: {max(1, args.host_repeats)})",
+    lines = [header,
              f"{'method':<58} {'wall s':>7} {'best s':>7} {'seqs':>5} {'tokens':>6} {'ms/tok':>8} {'steps':>5} "
              f"{'ms/step':>8} {'forks':>5}  answer (prompt 1)"]
     for r in rows:
@@ -248,18 +287,11 @@ def run(args) -> int:
     lines.append(f"per generated token: (a) paper / (b) = {a['ms_per_token'] / b['ms_per_token']:.2f}x (goal <= 1.3), "
                  f"/ (b0) = {a['ms_per_token'] / b0['ms_per_token']:.2f}x; "
                  f"(c) / (a) paper = {c['ms_per_token'] / a['ms_per_token']:.2f}x (goal >= 3); "
-                 f"(a) paper and (c): same paths {same}, same answers {same_answers}; per step (a) paper / (b) = "
+                 f"(a) paper and (c): same paths {same[0]}, same answers {same[1]}; per step (a) paper / (b) = "
                  f"{a['ms_per_step'] / b['ms_per_step']:.2f}x, (c) / (a) paper = {c['ms_per_step'] / a['ms_per_step']:.2f}x")
     if sweep:
         lines.append(f"vLLM's own decode step against rows: greedy requests of prompt 1, {T} tokens each, "
                      f"median of {R} (wall s / {T}, prefill included)")
         lines.append("rows    " + " ".join(f"{n:>6}" for n, _ in sweep))
         lines.append("ms/step " + " ".join(f"{ms:>6.1f}" for _, ms in sweep))
-    text = "\n".join(lines)
-    print("\n" + text)
-    out = Path(args.raw)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        f.write(text + "\n\n")
-    print(f"appended to {out}")
-    return 0
+    return lines

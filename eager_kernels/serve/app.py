@@ -69,6 +69,118 @@ class State:
         self.lock = threading.Lock()
 
 
+class Service:
+    """What the endpoints do, FastAPI's routing aside: the API key check, a request's way
+    through parse -> worker -> build, the metrics and the OpenAI error objects."""
+
+    def __init__(self, batcher, tokenizer, settings: Settings, metrics: ServeMetrics, state: State, *, api_key=None,
+                 poll_s: float = 0.1):
+        self.batcher, self.tokenizer, self.settings = batcher, tokenizer, settings
+        self.metrics, self.state, self.api_key, self.poll_s = metrics, state, api_key, poll_s
+
+    def error(self, e: APIError, endpoint: str):
+        self.metrics.requests.labels(endpoint, str(e.status)).inc()
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    def check_key(self, request: Request):
+        if self.api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        if auth != f"Bearer {self.api_key}":
+            raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def wait(self, job, request: Request):
+        """The job's results, or None when the client went away first (the job is then dropped)."""
+        fut = asyncio.wrap_future(job.future)
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=self.poll_s)
+            if done:
+                return fut.result()
+            if await request.is_disconnected():
+                self.batcher.cancel(job)
+                return None
+
+    async def complete(self, request: Request, kind: str, endpoint: str):
+        """A completions (kind "completion") or chat ("chat") request, answered; every failure
+        an OpenAI error object (a bug of ours too: 500, and the server goes on)."""
+        with self.state.lock:
+            self.state.in_flight += 1
+        try:
+            return await self._answer(request, kind, endpoint)
+        except APIError as e:
+            return self.error(e, endpoint)
+        except Exception as e:
+            log.exception("request failed")
+            return self.error(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error",
+                                       code="internal_error"), endpoint)
+        finally:
+            with self.state.lock:
+                self.state.in_flight -= 1
+
+    async def _answer(self, request: Request, kind: str, endpoint: str):
+        if self.state.draining:
+            raise APIError(503, "the server is shutting down", type="service_unavailable",
+                           code="shutting_down", headers={"Retry-After": "5", "Connection": "close"})
+        self.check_key(request)
+        req = parse(await _json_body(request), kind, self.tokenizer, self.settings)
+        t0 = time.perf_counter()
+        try:
+            job = self.batcher.submit(req)
+        except QueueFull:
+            raise APIError(429, f"the server's queue is full ({self.batcher.max_queue} requests waiting); retry "
+                           "later", type="rate_limit_exceeded", code="queue_full", headers={"Retry-After": "1"})
+        results = await self.wait(job, request)
+        if results is None:
+            self.metrics.requests.labels(endpoint, "499").inc()
+            return Response(status_code=499)
+        out = build(req, results, self.settings, self.tokenizer)
+        self._count(out, time.perf_counter() - t0, endpoint)
+        return _response(req, out)
+
+    def _count(self, out: dict, seconds: float, endpoint: str):
+        """The metrics of an answered request."""
+        m, u, e = self.metrics, out["usage"], out["eager"]
+        m.prompt_tokens.inc(u["prompt_tokens"])
+        m.generated_tokens.inc(u["completion_tokens"])
+        m.paths.inc(e["paths_explored"])
+        m.branch_events.inc(e["branch_events"])
+        m.latency.observe(seconds)
+        m.requests.labels(endpoint, "200").inc()
+
+    def models(self, request: Request):
+        try:
+            self.check_key(request)
+        except APIError as e:
+            return self.error(e, "/v1/models")
+        self.metrics.requests.labels("/v1/models", "200").inc()
+        s = self.settings
+        return {"object": "list", "data": [{"id": s.model_name, "object": "model", "created": 0,
+                                            "owned_by": "eager-kernels", "max_model_len": s.context}]}
+
+
+async def _json_body(request: Request):
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json")
+
+
+def _response(req, out: dict):
+    """The response body as JSON, or as server-sent events when the request streams."""
+    if not req.stream:
+        return JSONResponse(out)
+    chunks = stream_chunks(req, out)
+
+    async def sse():
+        for c in chunks:
+            yield f"data: {json.dumps(c)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(sse(), media_type="text/event-stream")
+
+
 def create_app(engine, tokenizer, settings: Settings, *, api_key=None, max_queue=64, window_s=0.01,
                max_batch=16, max_batch_rows=256, state: State = None, poll_s: float = 0.1):
     """The ASGI app serving `engine` (its worker thread starts now)."""
@@ -77,6 +189,7 @@ def create_app(engine, tokenizer, settings: Settings, *, api_key=None, max_queue
     # Requests join the running batch at the next decode step (worker.py): window_s and
     # max_batch, the batch window of earlier versions, are accepted and not used.
     batcher = StepWorker(engine, tokenizer, max_rows=max_batch_rows, max_queue=max_queue, metrics=metrics)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
@@ -85,118 +198,41 @@ def create_app(engine, tokenizer, settings: Settings, *, api_key=None, max_queue
     app = FastAPI(title="eager-kernels", description="EAGer entropy-aware generation, OpenAI-compatible",
                   lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.serve = batcher, metrics, state
+    _add_routes(app, Service(batcher, tokenizer, settings, metrics, state, api_key=api_key, poll_s=poll_s))
+    return app
 
-    def error(e: APIError, endpoint: str):
-        metrics.requests.labels(endpoint, str(e.status)).inc()
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+def _add_routes(app, service: Service):
+    """The endpoints (the module's docstring), each a call of `service`."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):  # unknown routes and methods, OpenAI-style too
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return error(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                              code=code), "other")
-
-    def check_key(request: Request):
-        if api_key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        if auth != f"Bearer {api_key}":
-            raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
-    async def wait(job, request: Request):
-        """The job's results, or None when the client went away first (the job is then dropped)."""
-        fut = asyncio.wrap_future(job.future)
-        while True:
-            done, _ = await asyncio.wait({fut}, timeout=poll_s)
-            if done:
-                return fut.result()
-            if await request.is_disconnected():
-                batcher.cancel(job)
-                return None
-
-    async def complete(request: Request, kind: str, endpoint: str):
-        with state.lock:
-            state.in_flight += 1
-        try:
-            if state.draining:
-                raise APIError(503, "the server is shutting down", type="service_unavailable",
-                               code="shutting_down", headers={"Retry-After": "5", "Connection": "close"})
-            check_key(request)
-            raw = await request.body()
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json")
-            req = parse(body, kind, tokenizer, settings)
-            t0 = time.perf_counter()
-            try:
-                job = batcher.submit(req)
-            except QueueFull:
-                raise APIError(429, f"the server's queue is full ({batcher.max_queue} requests waiting); retry "
-                               "later", type="rate_limit_exceeded", code="queue_full", headers={"Retry-After": "1"})
-            results = await wait(job, request)
-            if results is None:
-                metrics.requests.labels(endpoint, "499").inc()
-                return Response(status_code=499)
-            out = build(req, results, settings, tokenizer)
-            u, e = out["usage"], out["eager"]
-            metrics.prompt_tokens.inc(u["prompt_tokens"])
-            metrics.generated_tokens.inc(u["completion_tokens"])
-            metrics.paths.inc(e["paths_explored"])
-            metrics.branch_events.inc(e["branch_events"])
-            metrics.latency.observe(time.perf_counter() - t0)
-            metrics.requests.labels(endpoint, "200").inc()
-            if not req.stream:
-                return JSONResponse(out)
-            chunks = stream_chunks(req, out)
-
-            async def sse():
-                for c in chunks:
-                    yield f"data: {json.dumps(c)}\n\n"
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(sse(), media_type="text/event-stream")
-        except APIError as e:
-            return error(e, endpoint)
-        except Exception as e:  # a bug of ours: still an OpenAI error object, and the server goes on
-            log.exception("request failed")
-            return error(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error",
-                                  code="internal_error"), endpoint)
-        finally:
-            with state.lock:
-                state.in_flight -= 1
+        return service.error(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                      code=code), "other")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await complete(request, "completion", "/v1/completions")
+        return await service.complete(request, "completion", "/v1/completions")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await complete(request, "chat", "/v1/chat/completions")
+        return await service.complete(request, "chat", "/v1/chat/completions")
 
     @app.get("/v1/models")
     async def models(request: Request):
-        try:
-            check_key(request)
-        except APIError as e:
-            return error(e, "/v1/models")
-        metrics.requests.labels("/v1/models", "200").inc()
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
-                                            "owned_by": "eager-kernels", "max_model_len": settings.context}]}
+        return service.models(request)
 
     @app.get("/")
     async def index():  # the tree view's page: a prompt box that calls this server's API
-        return HTMLResponse(index_page(settings))
+        return HTMLResponse(index_page(service.settings))
 
     @app.get("/health")
     async def health():
-        if state.draining:
+        if service.state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    return app
+        return PlainTextResponse(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
