@@ -73,13 +73,18 @@ SEED = EagerConfig.seed_policy(max_new_tokens=10, max_paths_per_prompt=8, prune_
                                initial_threshold=0.5, backend="torch")
 PAPER = EagerConfig.paper(max_new_tokens=12, max_paths_per_prompt=6, theta=0.3, initial_threshold=0.3, q=50.0,
                           entropy_top_k=20, temperature=0.8, backend="torch")
-OTHER = EagerConfig.paper(max_new_tokens=7, max_paths_per_prompt=4, theta=0.6, initial_threshold=0.6, q=30.0,
-                          temperature=1.2, backend="torch")
+OTHER = EagerConfig.paper(max_new_tokens=10, max_paths_per_prompt=8, theta=0.1, initial_threshold=0.1, q=30.0,
+                          temperature=1.2, backend="torch")  # with STOPS
+
+
+# stop branching after any of these tokens (one- and two-token sequences)
+STOPS = [torch.tensor([t]) for t in range(0, V, 5)] + [torch.tensor([t, t + 1]) for t in range(1, V - 1, 4)]
 
 
 def _unit(prompts, cfg, out, name, keys=None):
+    stops = STOPS if cfg is OTHER else []
     return Unit(prompts=prompts, caps=[cfg.max_paths_per_prompt] * len(prompts), cfg=cfg,
-                seed=stage_key(cfg.seed, "init"), keys=keys or list(range(len(prompts))), eos=[], stops=[],
+                seed=stage_key(cfg.seed, "init"), keys=keys or list(range(len(prompts))), eos=[], stops=stops,
                 on_done=lambda u, paths: out.append((name, paths)))
 
 
@@ -115,6 +120,16 @@ def test_a_unit_gets_its_paths_alone_whenever_it_joins(join_at):
     for i, (prompts, cfg, keys) in enumerate(units):
         assert got[i] == _alone(prompts, cfg, keys), f"unit {i} joining at step {join_at[i]}"
     assert sum(len(p) for p in got[0]) > 2 and sum(len(p) for p in got[1]) > 1  # trees that branched
+    stopped = 0
+    for paths in got[2]:  # no branch after a stop sequence ends
+        for p in paths:
+            ends = [e for e in range(len(p["token_ids"])) for seq in STOPS
+                    if e + 1 >= len(seq) and p["token_ids"][e + 1 - len(seq): e + 1] == seq.tolist()]
+            if ends:
+                stopped += 1
+                assert all(b <= min(ends) for b in p["branch_steps"]), p
+    assert stopped > 0
+    assert got[2] != _alone(units[2][0], OTHER.replace(), units[2][2])  # the stops changed the trees
     assert max(engine.rows_seen) > 2  # rows of several units shared decodes
 
 

@@ -169,8 +169,9 @@ class Scheduler:
         units, g = list(self.running), self._group_settings()
         res = self._sample(g)  # 2
         c, keep, order, branched = self._expand(res, g, units)  # 3
-        n_act, n_fin, ident = self._read_counts(c, keep, order, branched, g, units)  # 4
+        n_act, n_fin, ident, per_unit = self._read_counts(c, keep, order, branched, g, units)  # 4
         self._commit(c, res, order[: n_act + n_fin], self.table.R, n_act, branched)
+        self._account(units, *per_unit)
         self._groups.step += self._live_groups
         if n_act:
             self._peak = torch.maximum(self._peak, group_count(self.table.grp[:n_act], g.num))
@@ -194,8 +195,8 @@ class Scheduler:
 
     def _read_counts(self, c, keep, order, branched, g: Groups, units: list) -> tuple:
         """Part 4, the one host read of a step: rows that go on, finished rows kept, whether
-        the cache order changed; per unit its active rows and new tokens; per group its
-        branch events. Adds them to the units and their metrics."""
+        the cache order changed, and (per_unit) each unit's active rows and new tokens and
+        each group's branch events."""
         R, U, dev = self.table.R, len(units), self.device
         going_on = keep & ~c.finished
         n_act = going_on.sum()
@@ -208,7 +209,11 @@ class Scheduler:
             0, self.table.grp[:R], branched.to(torch.int64))
         packed = torch.cat([torch.stack([n_act, (keep & c.finished).sum(), ident.to(torch.int64)]), per_unit,
                             events]).tolist()
-        act_u, new_u, ev = packed[3:3 + U], packed[3 + U:3 + 2 * U], packed[3 + 2 * U:]
+        per_unit = (packed[3:3 + U], packed[3 + U:3 + 2 * U], packed[3 + 2 * U:])
+        return packed[0], packed[1], bool(packed[2]), per_unit
+
+    def _account(self, units: list, act_u: list, new_u: list, ev: list) -> None:
+        """The step's counts to the units (after the commit: it writes at their old step)."""
         for i, u in enumerate(units):
             made = [ev[slot] for slot in u.slots]
             u.events = [a + b for a, b in zip(u.events, made)]
@@ -221,7 +226,6 @@ class Scheduler:
                 u._bar.update(1)
                 rate = u.tokens / max(time.perf_counter() - u._t0, 1e-9)
                 u._bar.set_postfix_str(f"rows={u.active}, {u.tokens} tokens, {rate:.0f} tokens/s")
-        return packed[0], packed[1], bool(packed[2])
 
     def _decode(self, ident: bool) -> None:
         """Part 6: the engine's cache follows the table's active rows (forks, drops, order)
