@@ -52,6 +52,7 @@ class Job:
         self.paths: list = [[] for _ in req.prompts]
         self.events = [0] * len(req.prompts)
         self.pending = 0  # units not done yet
+        self.started = False  # a unit of it joined the batch (it no longer counts as waiting)
         self.stage = "init"
 
 
@@ -152,9 +153,6 @@ class StepWorker:
                 return
 
     def _start(self, job: Job):
-        with self._lock:
-            self.waiting -= 1
-            self._gauge()
         if job.cancelled:  # its client went away while it waited
             self._finish(job, None)
             return
@@ -236,6 +234,7 @@ class StepWorker:
     def _finish(self, job: Job, results):
         if job in self._jobs:
             self._jobs.remove(job)
+        self._leave_queue(job)
         self._set_running()  # before the client hears back
         if not job.future.done():
             job.future.set_result(results)
@@ -248,6 +247,7 @@ class StepWorker:
         job.units.clear()
         if job in self._jobs:
             self._jobs.remove(job)
+        self._leave_queue(job)
         self._set_running()
         if not job.future.done():
             if not isinstance(exc, APIError):
@@ -269,11 +269,26 @@ class StepWorker:
             self._finish(job, None)
 
     def _set_running(self) -> int:
-        live = sum(1 for j in self._jobs if any(u.state == "running" for u in j.units))
+        """The gauges: requests running (a unit in the batch) and waiting (submitted, not
+        yet running: in the queue or in the scheduler's)."""
+        live, started = 0, 0
+        for j in self._jobs:
+            if any(u.state == "running" for u in j.units):
+                live += 1
+            if not j.started and any(u.state != "waiting" for u in j.units):
+                j.started, started = True, started + 1
         with self._lock:
             self.running = live
+            self.waiting -= started
             self._gauge()
         return live
+
+    def _leave_queue(self, job: Job) -> None:
+        """A job that ends without having run: it no longer waits."""
+        if not job.started:
+            job.started = True
+            with self._lock:
+                self.waiting -= 1
 
     def _count_step(self, seconds: float):
         live = self._set_running()
