@@ -3,7 +3,8 @@
 Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
 GET /metrics (Prometheus text). Every error is {"error": {"message", "type", "param",
 "code"}} with its HTTP status (400 bad request, 401 no or wrong API key, 404 unknown model
-or route, 429 queue full with Retry-After, 503 shutting down, 500 a failure of the call).
+or route, 405 another method (with Allow), 429 queue full with Retry-After, 503 shutting
+down, 500 a failure of the call).
 """
 from __future__ import annotations
 
@@ -165,6 +166,8 @@ async def _json_body(request: Request):
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json")
+    except RecursionError:  # [[[... thousands deep: Python's JSON reader gives up
+        raise APIError(400, "the request body nests arrays or objects too deeply", code="invalid_json")
 
 
 def _response(req, out: dict):
@@ -206,10 +209,10 @@ def _add_routes(app, service: Service):
     """The endpoints (the module's docstring), each a call of `service`."""
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request, exc):  # unknown routes and methods, OpenAI-style too
+    async def http_error(request, exc):  # unknown routes and methods, OpenAI-style too (405 with its Allow)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return service.error(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                      code=code), "other")
+                                      code=code, headers=getattr(exc, "headers", None)), "other")
 
     @app.post("/v1/completions")
     async def completions(request: Request):

@@ -7,6 +7,7 @@ tokenizer and the server's limits; the worker (worker.py) never sees a malformed
 """
 from __future__ import annotations
 
+import math
 import secrets
 import time
 import uuid
@@ -112,6 +113,8 @@ def _num(body, name, lo=None, hi=None, param=None):
     param = param or name
     if not _is_num(v):
         raise bad(f"{param}: expected a number, got {type(v).__name__} {v!r}", param, "invalid_type")
+    if not math.isfinite(v):  # 1e999 (JSON reads it as inf), NaN, Infinity: the kernels refuse them mid-batch
+        raise bad(f"{param}: expected a finite number, got {v}", param)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise bad(f"{param}: expected a number in [{lo}, {hi}], got {v}", param)
     return float(v)
@@ -148,7 +151,10 @@ def _prompts(body, tokenizer, settings: Settings) -> list:
         if isinstance(it, str):
             if not it:
                 raise bad("prompt: empty string", "prompt", "empty_prompt")
-            ids = [int(t) for t in tokenizer(it)["input_ids"]]
+            try:
+                ids = [int(t) for t in tokenizer(it)["input_ids"]]
+            except UnicodeError as e:  # a lone surrogate ("\ud800" in the JSON): no UTF-8 encodes it
+                raise bad(f"prompt: {e}", "prompt")
         elif isinstance(it, list) and all(_is_int(t) for t in it):
             ids = list(it)
         else:
