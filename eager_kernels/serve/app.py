@@ -1,10 +1,11 @@
 """The FastAPI application of `eager-kernels serve`: a thin HTTP layer over the batcher.
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
-GET /metrics (Prometheus text). Every error is {"error": {"message", "type", "param",
-"code"}} with its HTTP status (400 bad request, 401 no or wrong API key, 404 unknown model
-or route, 405 another method (with Allow), 429 queue full with Retry-After, 503 shutting
-down, 500 a failure of the call).
+GET /metrics (Prometheus text); GET /openapi.json describes them, the request bodies as
+protocol.parse checks them (protocol.py's schemas). Every error is {"error": {"message",
+"type", "param", "code"}} with its HTTP status (400 bad request, 401 no or wrong API key,
+404 unknown model or route, 405 another method (with Allow), 429 queue full with
+Retry-After, 503 shutting down, 500 a failure of the call).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .worker import QueueFull, StepWorker
 from .page import index_page
-from .protocol import APIError, Settings, build, parse, stream_chunks
+from .protocol import (ERROR_SCHEMA, APIError, Settings, build, chat_request_schema, completion_request_schema, parse,
+                       response_schema, stream_chunks)
 
 log = logging.getLogger("eager_kernels.serve")
 
@@ -201,7 +203,9 @@ def create_app(engine, tokenizer, settings: Settings, *, api_key=None, max_queue
     app = FastAPI(title="eager-kernels", description="EAGer entropy-aware generation, OpenAI-compatible",
                   lifespan=lifespan)
     app.state.batcher, app.state.metrics, app.state.serve = batcher, metrics, state
-    _add_routes(app, Service(batcher, tokenizer, settings, metrics, state, api_key=api_key, poll_s=poll_s))
+    service = Service(batcher, tokenizer, settings, metrics, state, api_key=api_key, poll_s=poll_s)
+    _add_routes(app, service)
+    _describe(app, service)
     return app
 
 
@@ -222,20 +226,65 @@ def _add_routes(app, service: Service):
     async def chat_completions(request: Request):
         return await service.complete(request, "chat", "/v1/chat/completions")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={401: _error_response("no or a wrong API key (--api-key)")})
     async def models(request: Request):
         return service.models(request)
 
-    @app.get("/")
+    @app.get("/", response_class=HTMLResponse)
     async def index():  # the tree view's page: a prompt box that calls this server's API
         return HTMLResponse(index_page(service.settings))
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "shutting down: {\"status\": \"draining\"}"}})
     async def health():
         if service.state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus():
         return PlainTextResponse(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+ERRORS = {400: "a malformed request (the message and `param` say what)",
+          401: "no or a wrong API key (--api-key)", 404: "another model than the served one",
+          429: "the queue is full (--max-queue); Retry-After", 500: "the generation failed",
+          503: "the server is shutting down; Retry-After"}
+
+
+# One server-sent event (OpenAPI 3.1: the schema of text/event-stream describes each event)
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": "an OpenAI chunk as JSON; the last event: [DONE]"}}}
+
+
+def _error_response(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+
+
+def _describe(app, service: Service):
+    """GET /openapi.json with the completions endpoints described: their request bodies
+    (the endpoints read the raw body and protocol.parse checks it), their answers (JSON, or
+    server-sent events with stream) and their OpenAI error objects. Written into FastAPI's
+    document as they are: its own schema model reads every bound as a float, and a seed's
+    2**63 - 1 would come out as 2**63."""
+    from fastapi.openapi.utils import get_openapi
+
+    s = service.settings
+    vocab = getattr(service.batcher.engine, "vocab_size", None)
+    vocab = vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
+    ops = {"/v1/completions": (completion_request_schema(s, vocab), response_schema("completion")),
+           "/v1/chat/completions": (chat_request_schema(s), response_schema("chat"))}
+
+    def openapi():
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, openapi_version=app.openapi_version,
+                              description=app.description, routes=app.routes)
+            for path, (body, answer) in ops.items():
+                op = doc["paths"][path]["post"]
+                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+                ok = {"description": "the completion; server-sent events (OpenAI chunks, then [DONE]) with stream",
+                      "content": {"application/json": {"schema": answer}, "text/event-stream": {"schema": SSE_EVENT}}}
+                op["responses"] = {"200": ok, **{str(k): _error_response(d) for k, d in ERRORS.items()}}
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi

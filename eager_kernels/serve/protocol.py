@@ -33,6 +33,7 @@ EAGER_FIELDS = (*EAGER_SETTINGS, *RESPONSE_FIELDS)
 CONFIG_PARAMS = {**{f: f"eager.{name}" for name, f in EAGER_SETTINGS.items()}, "initial_threshold": "eager.theta",
                  "max_new_tokens": "max_tokens", "temperature": "temperature"}
 MAX_STOP = 4  # as OpenAI: up to 4 stop sequences
+ROLES = ("system", "developer", "user", "assistant")  # of a chat message ("developer": a system message)
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -194,7 +195,7 @@ def _chat_prompt(body, tokenizer) -> list:
         if not isinstance(m, dict):
             raise bad(f"messages[{i}]: expected an object", f"messages[{i}]", "invalid_type")
         role = m.get("role")
-        if role not in ("system", "developer", "user", "assistant"):
+        if role not in ROLES:
             raise bad(f"messages[{i}].role: expected system, developer, user or assistant, got {role!r}",
                       f"messages[{i}].role")
         clean.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
@@ -430,3 +431,148 @@ def stream_chunks(req: Parsed, body: dict) -> list:
     if req.include_usage:
         chunks.append({**base, "choices": [], "usage": body["usage"]})
     return chunks
+
+
+# ---------------------------------------------------------------------------------------
+# The OpenAPI description (GET /openapi.json)
+# ---------------------------------------------------------------------------------------
+# JSON Schemas of what parse() accepts, for the server's OpenAPI document: a description,
+# not a second check (parse() stays the check, and its errors the OpenAI error objects). A
+# null field is a field left out, other OpenAI fields are accepted and ignored, an unknown
+# `eager` field is refused. What no schema here says, parse() and the worker still answer
+# with a 400: n above the request's max_paths (`param` n), a prompt that with max_tokens
+# passes the context (code context_length_exceeded), a budget stage other than init at
+# temperature 0, a text that is not valid Unicode (a lone surrogate), a number beyond a
+# float's range (1e999), an integer written with a fraction (2.0: an integer to JSON Schema,
+# a float to parse()); and a `model` other than the served one gets a 404.
+
+
+def _nullable(schema: dict) -> dict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _bounded(kind: str, lo=None, hi=None, description: Optional[str] = None) -> dict:
+    s = {"type": kind}
+    if lo is not None:
+        s["minimum"] = lo
+    if hi is not None:
+        s["maximum"] = hi
+    if description:
+        s["description"] = description
+    return s
+
+
+def eager_schema(settings: Settings) -> dict:
+    """The `eager` extension object: every field optional, no other field."""
+    props = {
+        "policy": {"type": "string", "enum": list(OPTIONS["policy"].choices),
+                   "description": f"default {settings.policy} (--policy)"},
+        "max_paths": _bounded("integer", 1, settings.max_paths_limit,
+                              f"M, the most paths per prompt; default {settings.max_paths}"),
+        "theta": _bounded("number", 0, None, "the threshold's floor, in nats"),
+        "q": _bounded("number", 0, 100, "the percentile of the entropy history"),
+        "entropy_top_k": _bounded("integer", 1, 64, "K of the top-K entropy; null: the full vocabulary"),
+        "budget": {"type": "string", "enum": list(OPTIONS["budget"].choices)},
+        "stop_branching_at": {"type": "string", "minLength": 1},
+        "return_tree": {"type": "boolean"},
+        "return_entropies": {"type": "boolean"},
+    }
+    return _nullable({"type": "object", "properties": {k: _nullable(props[k]) for k in EAGER_FIELDS},
+                      "additionalProperties": False, "description": "the EAGer extension (docs/serving.md)"})
+
+
+def _common_fields(settings: Settings, max_tokens: dict) -> dict:
+    """The request fields of both endpoints."""
+    return {
+        "model": {"enum": [settings.model_name, "", None],
+                  "description": "the served model (another name: 404 model_not_found); may be left out"},
+        "max_tokens": _nullable(max_tokens),
+        # read only where max_tokens is left out or null (the `if` of the body's schema)
+        "max_completion_tokens": {"description": "max_tokens' other name, read when max_tokens is left out"},
+        "temperature": _nullable(_bounded("number", 0, 2)),
+        "n": _nullable(_bounded("integer", 1, settings.max_paths_limit,
+                                "paths returned per prompt, at most the request's max_paths")),
+        "seed": _nullable(_bounded("integer", *_INT64)),
+        "stop": {"anyOf": [{"type": "string", "minLength": 1},
+                           {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOP},
+                           {"type": "null"}]},
+        "stream": _nullable({"type": "boolean"}),
+        "stream_options": _nullable({"type": "object", "properties": {
+            "include_usage": {"description": "any true value: a last chunk with the usage"}}}),
+        "eager": eager_schema(settings),
+    }
+
+
+def _body(settings: Settings, required: str, field_schema: dict) -> dict:
+    lo_hi = (1, settings.context - 1 if settings.context else None)
+    max_tokens = _bounded("integer", *lo_hi, "the most tokens of one path; prompt + it within the context")
+    return {"type": "object", "required": [required],
+            "properties": {required: field_schema, **_common_fields(settings, max_tokens)},
+            "additionalProperties": True,
+            "if": {"properties": {"max_tokens": {"type": "null"}}},
+            "then": {"properties": {"max_completion_tokens": _nullable(max_tokens)}}}
+
+
+def completion_request_schema(settings: Settings, vocab_size: Optional[int] = None) -> dict:
+    """The body of POST /v1/completions; `vocab_size`: token ids below it (None: unbounded)."""
+    ids = {"type": "integer", "minimum": 0}
+    if vocab_size:
+        ids["maximum"] = vocab_size - 1
+    tokens = {"type": "array", "items": ids, "minItems": 1}
+    if settings.context:
+        tokens["maxItems"] = settings.context - 1
+    text = {"type": "string", "minLength": 1}
+    prompt = {"anyOf": [text, tokens, {"type": "array", "items": {"anyOf": [text, tokens]}, "minItems": 1,
+                                        "maxItems": settings.max_prompts}],
+              "description": f"a string, token ids, or a list of up to {settings.max_prompts} of either"}
+    return _body(settings, "prompt", prompt)
+
+
+def chat_request_schema(settings: Settings) -> dict:
+    """The body of POST /v1/chat/completions."""
+    part = {"type": "object", "required": ["type", "text"],
+            "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+    content = {"anyOf": [{"type": "string"}, {"type": "array", "items": part}]}
+    message = {"type": "object", "required": ["role", "content"],
+               "properties": {"role": {"enum": list(ROLES)}, "content": content}}
+    said = {"anyOf": [{"type": "string", "minLength": 1},
+                      {"type": "array", "contains": {"properties": {"text": {"minLength": 1}}}}]}
+    messages = {"type": "array", "items": message, "minItems": 1,
+                "contains": {"properties": {"content": said}},
+                "description": "rendered with the model's chat template; some content not empty"}
+    return _body(settings, "messages", messages)
+
+
+ERROR_SCHEMA = {
+    "type": "object", "required": ["error"], "additionalProperties": False,
+    "properties": {"error": {
+        "type": "object", "required": ["message", "type", "param", "code"], "additionalProperties": False,
+        "properties": {"message": {"type": "string", "minLength": 1}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
+    "description": "an OpenAI error object"}
+
+
+def response_schema(kind: str) -> dict:
+    """The JSON body of a 200 of /v1/completions ("completion") or /v1/chat/completions ("chat")."""
+    count = {"type": "integer", "minimum": 0}
+    said = {"message": {"type": "object", "required": ["role", "content"],
+                        "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}}}} \
+        if kind == "chat" else {"text": {"type": "string"}}
+    choice = {"type": "object", "required": ["index", *said, "logprobs", "finish_reason"],
+              "properties": {"index": count, **said, "finish_reason": {"enum": ["stop", "length"]}}}
+    path = {"type": "object", "required": ["index", "prompt_index", "branch_positions", "logprob", "score", "tokens",
+                                           "stage"],
+            "properties": {"index": count, "prompt_index": count, "tokens": count, "stage": {"type": "string"},
+                           "branch_positions": {"type": "array", "items": count}}}
+    eager = {"type": "object", "required": ["policy", "max_paths", "seed", "paths_explored", "branch_events",
+                                            "choices"],
+             "properties": {"policy": {"type": "string"}, "max_paths": count, "seed": {"type": "integer"},
+                            "paths_explored": count, "branch_events": count,
+                            "choices": {"type": "array", "items": path}, "tree": {"type": "array"}}}
+    usage = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+             "properties": {"prompt_tokens": count, "completion_tokens": count, "total_tokens": count}}
+    return {"type": "object", "required": ["id", "object", "created", "model", "choices", "usage", "eager"],
+            "properties": {"id": {"type": "string"},
+                           "object": {"const": "chat.completion" if kind == "chat" else "text_completion"},
+                           "created": {"type": "integer"}, "model": {"type": "string"},
+                           "choices": {"type": "array", "items": choice}, "usage": usage, "eager": eager}}
