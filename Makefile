@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,gguf,eval,ray,serve]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,gguf,eval,ray,serve,lm-eval]"
 	# The llama.cpp engine (extra `llamacpp`): pip builds llama.cpp from source once per
 	# machine and options (about 6-7 min on 2 cores), into $(LLAMA_WHEELS).
 	ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
