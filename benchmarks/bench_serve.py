@@ -177,7 +177,7 @@ class Server:
 
     def __init__(self, kind: str, options: str = "", root: Path | None = None):
         self.kind, self.options, self.root = kind, options.strip(), root or ROOT
-        self.proc = self.port = None
+        self.proc = self.port = self.argv = None
         self.code = _git(self.root) if kind == "eager" else None
 
     @property
@@ -493,10 +493,16 @@ def main(argv=None):
     start = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_start = _load()
     rows, argvs = [], {}
+    failed = []
     for round_ in range(1, args.rounds + 1):
         for server in (servers if round_ % 2 else servers[::-1]):
-            rows += measure(server, gguf, args, round_)
-            argvs[server.name] = server.argv
+            try:
+                rows += measure(server, gguf, args, round_)
+            except Exception as e:  # noqa: BLE001 - the other servers' figures are kept
+                print(f"{server.name}: round {round_} failed: {e}", flush=True)
+                failed.append(f"{server.name} (round {round_}): {type(e).__name__}: {e}")
+            if getattr(server, "argv", None):
+                argvs[server.name] = server.argv
     end = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M UTC")
     versions = ", ".join(f"{d} {_version(d)}" for d in ("llama_cpp_python", "fastapi", "uvicorn", "torch"))
     head = (f"## {start} - {end}  {platform.node()}  {platform.processor() or platform.machine()}  "
@@ -509,6 +515,7 @@ def main(argv=None):
     for name, cmd in argvs.items():
         shown = [Path(a).name if a == sys.executable or a == gguf or a.endswith("llama-server") else a for a in cmd]
         head += f"server: {name}: {shlex.join(shown)}\n"
+    head += "".join(f"failed: {f}\n" for f in failed)
     table = _tables(rows, args.rounds)
     print("\n" + head + "\n" + table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
