@@ -452,7 +452,7 @@ def test_auto_pick():
 @pytest.mark.parametrize("name", ISAS)
 def test_isa_environment_variable(name):
     """EAGER_KERNELS_CPU_ISA forces each tier this CPU has (read once, at the first use)."""
-    code = "from eager_kernels import _C; print(_C.isa())"
+    code = "from eager_kernels.kernels import _C; print(_C.isa())"
     env = dict(os.environ, EAGER_KERNELS_CPU_ISA=name)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == name
