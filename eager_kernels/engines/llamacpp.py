@@ -21,16 +21,27 @@ fast as llama.cpp's "auto" or faster, and faster than off). Chosen by measuremen
 (`python benchmarks/bench_llamacpp_layout.py`): docs/engines.md, "LlamaCppEngine" (KV
 layout, flash attention).
 
-Batch invariance (engines/base.py; measured by benchmarks/bench_batch_invariance.py, the
-figures in docs/reproducibility.md): batch_invariant = False. In a unified cache a row's
-logits depend on the other prompts of the call, whose cells sit among its own and whose
-tokens share its prefill. With one KV stream per row (kv_unified=False, the layout above 4
-prompts) each prompt is prefilled in a call of its own and a row attends over its own
-stream: SmolLM2 BF16 came out bit-identical to each prompt alone, but the tiny F32 GGUF of
-the test suite did not (the F32 matmul's result for a row moves with the row count), and
-some SmolLM2 trees of a forking workload (the seed policy) still changed, so no layout is
-declared invariant. EagerConfig(batch_invariant=True) gives each prompt calls of
-its own instead (one prompt per call: the unified layout).
+Batch invariance (engines/base.py; the figures: docs/reproducibility.md, "llama.cpp"). In
+the default mode batch_invariant = False: in a unified cache a row's cells sit among the
+other prompts' cells and its prefill shares a llama_decode with their tokens; with one KV
+stream per row two ggml CPU paths still follow the batch. (1) A matmul of one row (n = 1)
+runs ggml's vec_dot, of two or more llamafile's sgemm (llamafile_sgemm declines n < 2),
+which sums each output in another order (one FMA accumulator and a horizontal sum, against
+vec_dot's several accumulators); an output's sum in sgemm does not depend on n or on the
+tile it falls in. (2) llama.cpp splits a decode over streams into one ubatch per run of
+consecutive sequence ids in batch order (llama_batch_allocr::split_equal, sequential), so
+after forks and drops a row can be alone in its ubatch (n = 1 again); a lone query row with
+512 or more cells also takes flash attention's split-KV path, whose chunks follow the
+thread count. LlamaCppEngine(batch_invariant=True) removes both: a stream per row, each
+prompt prefilled in a call of its own (its ubatches, flash-attention tiles and n_kv then
+depend on it alone), the rows' sequence ids kept 0..R-1 (reorder copies a kept row's stream
+below R' where a drop left a gap) and written in id order, so that a decode is one ubatch
+(the logits gathered back to row order), and a one-row decode padded with a dummy row
+(sequence 1, position 0, removed after the call). Every step then runs the n >= 2 paths,
+and a row's logits are bit-identical alone and in any batch (measured on F32, F16, BF16,
+Q8_0 and Q4_1 Llama GGUFs with flash attention on and off, 1 and 2 threads; the types and
+CPUs outside that raise, invariance_blocker). EagerConfig(batch_invariant=True) on the
+default engine gives each prompt calls of its own instead (one prompt per call).
 
 The batch arrays are numpy arrays owned here (llama_batch points into them), filled with
 vectorised writes; no Python loop over rows in a step except over forks and drops.
@@ -123,6 +134,76 @@ def _check_gguf(path: Path) -> None:
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
+
+
+# The invariant mode (LlamaCppEngine(batch_invariant=True)) is claimed only where it was
+# measured bit-identical (docs/reproducibility.md, "llama.cpp"): these tensor types (ggml type
+# id -> name), the Llama architecture, an x86-64 CPU, no repacked (extra-buffer) weights.
+INVARIANT_TENSOR_TYPES = {0: "F32", 1: "F16", 3: "Q4_1", 8: "Q8_0", 30: "BF16"}
+INVARIANT_ARCHITECTURES = ("llama",)
+_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # value type -> bytes
+
+
+def gguf_tensor_types(path) -> dict:
+    """{tensor name: ggml type id} from a GGUF file's header (its key-value section skipped)."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", m, 4)
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} (expected 2 or later)")
+        at = 24
+
+        def string(at):
+            n = struct.unpack_from("<Q", m, at)[0]
+            return m[at + 8:at + 8 + n], at + 8 + n
+
+        def skip(vtype, at):
+            if vtype == 8:
+                return string(at)[1]
+            if vtype == 9:
+                etype, count = struct.unpack_from("<IQ", m, at)
+                at += 12
+                if etype in _GGUF_SCALAR:
+                    return at + count * _GGUF_SCALAR[etype]
+                for _ in range(count):
+                    at = skip(etype, at)
+                return at
+            return at + _GGUF_SCALAR[vtype]
+
+        for _ in range(n_kv):
+            at = string(at)[1]
+            at = skip(struct.unpack_from("<I", m, at)[0], at + 4)
+        types = {}
+        for _ in range(n_tensors):
+            name, at = string(at)
+            n_dims = struct.unpack_from("<I", m, at)[0]
+            at += 4 + 8 * n_dims
+            types[name.decode("utf-8", "replace")] = struct.unpack_from("<I", m, at)[0]
+            at += 12  # type, offset
+        return types
+
+
+def invariance_blocker(path, lib, model, build_features, extra_buffers: bool) -> Optional[str]:
+    """Why LlamaCppEngine(batch_invariant=True) cannot claim bit-identical rows for this
+    model and build (None: it can): the configurations measured are listed above."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"measured on x86-64 CPUs only (this is {platform.machine()}: other matmul kernels)"
+    if extra_buffers and AMX_FEATURE in build_features:
+        return "not measured with AMX-repacked weights (pass extra_buffers=False)"
+    buf = ctypes.create_string_buffer(64)
+    n = lib.llama_model_meta_val_str(model, b"general.architecture", buf, len(buf))
+    arch = buf.value.decode("utf-8", "replace") if n >= 0 else "unknown"
+    if arch not in INVARIANT_ARCHITECTURES:
+        return f"measured on the Llama architecture only (this GGUF is {arch!r})"
+    other = sorted({t for t in gguf_tensor_types(path).values() if t not in INVARIANT_TENSOR_TYPES})
+    if other:
+        return (f"measured with {', '.join(INVARIANT_TENSOR_TYPES.values())} tensors only (this GGUF also has "
+                f"ggml types {other}: other matmul paths, e.g. repacked or tiled by row count)")
+    return None
 
 
 class _Batch:
@@ -244,9 +325,17 @@ class LlamaCppEngine(Engine):
             CPU's matmul kernels, AMX among them; llama_model_params.use_extra_bufts).
             None (default): on, except with a llama.cpp built with AMX, whose repacked
             weights can die of SIGILL on the first decode (llamacpp_build.py).
+        batch_invariant: True: a row's logits are bit-identical whatever else shares the
+            call (module docstring, "Batch invariance"): one KV stream per row (kv_unified
+            must be None or False), each prompt prefilled in a call of its own, and a decode
+            of one row padded with a dummy row. Only where measured (a Llama GGUF of F32,
+            F16, BF16, Q8_0 or Q4_1 tensors on an x86-64 CPU, repacked weights not in play);
+            elsewhere a ValueError says why. Then batch_invariant = True and
+            batch_deviation = 0.0 on the instance, and EagerConfig(batch_invariant=True)
+            keeps the prompts in one batch. Default False.
 
-    batch_invariant is False in every layout; batch_deviation is the largest log-probability
-    difference measured (module docstring, "Batch invariance").
+    batch_invariant is False in the default mode (every layout); batch_deviation is then
+    the largest log-probability difference measured (module docstring, "Batch invariance").
     """
 
     kv_copies = 1  # the context's cells are allocated once
@@ -256,7 +345,7 @@ class LlamaCppEngine(Engine):
 
     def __init__(self, model_path, *, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
                  kv_unified: Optional[bool] = None, verbose: bool = False,
-                 extra_buffers: Optional[bool] = None):
+                 extra_buffers: Optional[bool] = None, batch_invariant: bool = False):
         lib = import_llama_cpp()
         path = Path(model_path).expanduser()
         _check_gguf(path)
@@ -268,7 +357,12 @@ class LlamaCppEngine(Engine):
             raise ValueError(f"kv_unified: expected a bool or None, got {kv_unified!r}")
         if extra_buffers is not None and not isinstance(extra_buffers, bool):
             raise ValueError(f"extra_buffers: expected a bool or None, got {extra_buffers!r}")
-        self.kv_unified = kv_unified
+        if not isinstance(batch_invariant, bool):
+            raise ValueError(f"batch_invariant: expected True or False, got {batch_invariant!r}")
+        if batch_invariant and kv_unified:
+            raise ValueError("batch_invariant=True needs a KV stream per row: pass kv_unified=None or False "
+                             "(in a shared cache a row's cells sit among the other rows' cells)")
+        self.kv_unified = False if batch_invariant else kv_unified
         _backend(lib, verbose)
         self.build_features = check_build(lib)
         if extra_buffers is None:
@@ -299,6 +393,9 @@ class LlamaCppEngine(Engine):
         self.tokenizer = _LlamaTokenizer(self)
         eos = [self.tokenizer.eos_token_id, int(lib.llama_vocab_eot(self._vocab))]
         self.eos_token_ids = sorted({int(e) for e in eos if e is not None and e >= 0})
+        self._invariant = batch_invariant  # the invariant mode's bookkeeping (module docstring)
+        bos = self.tokenizer.bos_token_id
+        self._pad_token = bos if 0 <= bos < self.vocab_size else 0
         self._ctx = None
         self._ctx_shape = (0, 0, 0)  # (cells, sequences, batch)
         self._unified = True  # the layout of the context (and of the current call)
@@ -306,6 +403,14 @@ class LlamaCppEngine(Engine):
         self._batch = None
         self.last_decode_s = 0.0  # time inside llama_decode, summed over the last stage
         self.decode_calls = 0
+        if batch_invariant:
+            why = invariance_blocker(path, lib, self._model, self.build_features, extra_buffers)
+            if why is not None:
+                self.close()
+                raise ValueError(f"batch_invariant=True: {why}; use EagerConfig(batch_invariant=True) with "
+                                 "batch_invariant=False here instead (each prompt in calls of its own)")
+            self.batch_invariant = True
+            self.batch_deviation = 0.0
 
     # -- context ------------------------------------------------------------------------
 
@@ -392,7 +497,8 @@ class LlamaCppEngine(Engine):
         # prompt (llama.cpp splits a batch over several streams into equal-length ubatches,
         # which made one call for 8 GSM8K prompts many times slower than eight)
         per_prompt = not unified and G > 1
-        self._ensure_context(cells, rows, max(int(lens.max()) if per_prompt else total, rows), unified)
+        seqs = max(rows, 2) if self._invariant else rows  # invariant: a one-row decode pads to 2 rows
+        self._ensure_context(cells, seqs, max(int(lens.max()) if per_prompt else total, seqs), unified)
         lib = self._lib
         lib.llama_memory_clear(self._mem, True)
         b = self._batch
@@ -431,9 +537,35 @@ class LlamaCppEngine(Engine):
         b.pos[:R] = self._pos
         b.seq[:R] = self._seq
         b.out[:R] = 1
+        if self._invariant:
+            return self._decode_invariant(R)
         self._call_decode(R)
         self._pos = self._pos + 1
         return self._logits(R)
+
+    def _decode_invariant(self, R: int) -> torch.Tensor:
+        """The decode of the invariant mode (tokens, positions and ids written to the batch
+        in row order): the rows' sequence ids are 0..R-1 (reorder keeps them so), written in
+        the order of their ids, so that llama.cpp's split of a batch over streams (one
+        ubatch per run of consecutive ids, llama_batch_allocr::split_equal) makes one ubatch
+        of all rows; one row is padded with a dummy row (sequence 1, position 0, removed
+        after the call). A ubatch of one row would take ggml's n = 1 matmul path (vec_dot:
+        another summation order than llamafile's sgemm, which takes n >= 2) and, from 512
+        cells, flash attention's split-KV path (module docstring)."""
+        b, seq = self._batch, self._seq
+        order = None if np.array_equal(seq, np.arange(R)) else np.argsort(seq, kind="stable")
+        if order is not None:
+            b.token[:R], b.pos[:R], b.seq[:R] = b.token[:R][order], b.pos[:R][order], b.seq[:R][order]
+        n = R
+        if R == 1:
+            b.token[1], b.pos[1], b.seq[1], b.out[1] = self._pad_token, 0, 1, 1
+            n = 2
+        self._call_decode(n)
+        if R == 1:
+            self._lib.llama_memory_seq_rm(self._mem, 1, -1, -1)
+        self._pos = self._pos + 1
+        logits = self._logits(R)
+        return logits if order is None else logits[torch.from_numpy(seq.astype(np.int64))]
 
     def can_extend(self, prompts, *, max_rows, max_new_tokens) -> bool:
         """Whether `extend(prompts)` fits the context made at the last prefill: sequence
@@ -502,6 +634,8 @@ class LlamaCppEngine(Engine):
         return first
 
     def reorder(self, src):
+        if self._invariant:
+            return self._reorder_compact(src.numpy())
         lib, mem = self._lib, self._mem
         src = src.numpy()
         old = self._seq
@@ -521,6 +655,39 @@ class LlamaCppEngine(Engine):
             new[i] = dst
         self._seq = new
         self._pos = self._pos[src]
+
+    def _reorder_compact(self, src) -> None:
+        """reorder() of the invariant mode: the new rows' sequence ids are 0..R'-1 again.
+        Dropped rows' sequences are removed; a kept row keeps its id if below R', else its
+        stream is copied to a free id below R' (llama_memory_seq_cp between streams, done
+        at the next decode) and removed; each fork copies its parent's stream to a free id
+        below R'. Every copy reads a stream that was live before the call and writes one
+        that was free, so the queued copies do not depend on their order."""
+        lib, mem = self._lib, self._mem
+        old = self._seq
+        R = int(src.shape[0])
+        kept = np.zeros(old.shape[0], dtype=bool)
+        kept[src] = True
+        for s in old[~kept]:
+            lib.llama_memory_seq_rm(mem, int(s), -1, -1)
+        first = np.zeros(R, dtype=bool)
+        first[np.unique(src, return_index=True)[1]] = True
+        new = old[src].copy()
+        held = set(int(s) for s in new[first] if s < R)
+        free = [i for i in range(R) if i not in held]  # ids below R' for forks and moves, ascending
+        moved = []
+        for i in range(R):
+            if not first[i] or new[i] >= R:  # a fork, or a kept row above R'
+                dst = free.pop(0)
+                lib.llama_memory_seq_cp(mem, int(new[i]), dst, -1, -1)
+                if first[i]:
+                    moved.append(int(new[i]))
+                new[i] = dst
+        for s in moved:
+            lib.llama_memory_seq_rm(mem, s, -1, -1)
+        self._seq = new
+        self._pos = self._pos[src]
+        self._free = list(range(self._ctx_shape[1] - 1, R - 1, -1))
 
     def release(self):
         if self._ctx is not None:
