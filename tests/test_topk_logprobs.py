@@ -6,9 +6,9 @@ import torch
 import eager_kernels as ek
 from eager_kernels.kernels import reference
 
-from conftest import (BACKENDS, DTYPE_LIST, INTERP, INTERPRETED, KINDS, LOGPROB_TOL, NATIVE, interpreted,
+from conftest import (BACKENDS, DTYPE_LIST, HAS_TRITON, INTERP, INTERPRETED, KINDS, LOGPROB_TOL, NATIVE, interpreted,
                       make_logits, max_elements)
-from gpu_mark import backend_fixture, sweep
+from gpu_mark import backend_fixture, cuda_when_present, sweep
 
 backend = backend_fixture(BACKENDS)  # conftest's fixture, the CUDA pairs marked gpu
 
@@ -90,3 +90,49 @@ def test_triton_fallback_without_tl_topk(monkeypatch, shape):
     want_lp, want_ids = reference.topk_logprobs(x.double(), 20)
     assert torch.equal(ids, want_ids)
     torch.testing.assert_close(lp.double(), want_lp, **LOGPROB_TOL)
+
+
+def _filter_case(case, seed):
+    g = torch.Generator().manual_seed(seed)
+    if case == "one chunk":  # many blocks per chunk: candidates wait, merges mid-chunk
+        return torch.randn(2, 1500, generator=g) * 3, dict(max_chunks=1)
+    if case == "ascending":  # every block beats the run: more candidates than the buffer holds
+        return torch.arange(1500, dtype=torch.float32).repeat(2, 1), dict(max_chunks=1)
+    if case == "ties, block 512":  # a block of equal logits: extra rounds, ordered by id
+        return torch.randint(-1, 1, (2, 1500), generator=g).float(), dict(block=512, max_chunks=2)
+    if case == "sparse":  # fewer finite logits than buckets: the first block has no bound
+        x = torch.full((3, 1500), float("-inf"))
+        x[0, 1400] = 1.0
+        x[1, 3:300:7] = torch.randn(43, generator=g)
+        x[2, 1499] = 0.0
+        return x, dict(block=512)
+    if case == "signed zeros":  # -0.0 and +0.0 are equal logits: ordered by id
+        x = torch.zeros(2, 700)
+        x[:, ::3] = -0.0
+        x[1, 650:] = 1.0
+        return x, {}
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case,k", [("one chunk", 20), ("ascending", 20), ("ties, block 512", 2),
+                                    ("ties, block 512", 33), ("sparse", 5), ("sparse", 64), ("signed zeros", 8),
+                                    pytest.param("one chunk", 64, marks=pytest.mark.slow),
+                                    pytest.param("ascending", 3, marks=pytest.mark.slow)])
+@cuda_when_present
+def test_topk_filter_paths(monkeypatch, case, k):
+    """The Triton top-K filter's rarer paths (kernels/triton.py, _partial_kernel) under
+    small launch parameters, against the reference: ids exactly, values to tolerance."""
+    if not HAS_TRITON:
+        pytest.skip("Triton is not installed")
+    from eager_kernels.kernels import triton as triton_kernels
+
+    x, config = _filter_case(case, k)
+    for key, value in config.items():
+        monkeypatch.setitem(triton_kernels.launch_config, key, value)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lp, ids = ek.topk_logprobs(x.to(device), k, backend="triton")
+    want_lp, want_ids = reference.topk_logprobs(x.double(), k)
+    assert torch.equal(ids.cpu(), want_ids)
+    torch.testing.assert_close(lp.double().cpu(), want_lp, **LOGPROB_TOL)
+    ent = ek.entropy(x.to(device), top_k=k, backend="triton")
+    torch.testing.assert_close(ent.double().cpu(), reference.entropy(x.double(), k), atol=2e-4, rtol=2e-5)

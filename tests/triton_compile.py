@@ -1,6 +1,6 @@
 """Compile the Triton kernels for NVIDIA GPUs on a machine without one.
 
-    python tests/triton_compile.py [--arch 90 80] [--fallback-topk] [--ptxas-info]
+    python tests/triton_compile.py [--arch 90 80] [--fallback-topk] [--ptxas-info] [--loop-instructions]
 
 The Triton interpreter (how the tests run the kernels without CUDA) is lenient where the
 compiler is not: loop-carried values that change type, non-constexpr globals, branches
@@ -14,8 +14,17 @@ tensors live on the meta device, a stand-in driver reports the target, and each 
 compiled with `warmup=True` (the argument specialisation is Triton's own), never launched.
 
 --fallback-topk compiles the path for Triton releases without tl.topk; --ptxas-info adds
-each kernel's registers, spills and shared memory (ptxas -v). Prints one line per variant
-and exits 1 if any failed. tests/test_triton_compile.py runs it.
+each kernel's registers, spills and shared memory (ptxas -v); --loop-instructions adds the
+instructions per logit of the partial kernel's main loop (the loop over a chunk's blocks),
+read from its SASS (the bundled nvdisasm) by tests/sass_paths.py: per path through one
+iteration, divided by the logits one thread holds per iteration (block / (32 * warps)).
+The paths: `min`, a block that changes nothing on its optional parts (no top-K candidate
+and, when sampling, no random numbers needed); `filter`, the shortest path through the
+top-K candidate slots (a block with candidates, no merge); `merge`, the shortest path
+through a merge of the top-K buffer; `first`, a chunk's first block (its bound, slots and
+merge); `noise`, the shortest path through the Philox noise; `max`, the longest path (every
+branch taken; the top-K's extra rounds, for ties or a block without a bound, counted once). Prints one line
+per variant and exits 1 if any failed. tests/test_triton_compile.py runs it.
 """
 from __future__ import annotations
 
@@ -67,37 +76,107 @@ class _CompileOnly:
             kernel = self.fn.run(*args, grid=grid, warmup=True, **kwargs)
             if kernel is None or "cubin" not in kernel.asm:
                 raise RuntimeError(f"{self.fn.__name__}: no cubin produced")
+            # logits one thread holds per loop iteration (the partial kernel's blocks)
+            kernel.logits_per_thread = kwargs.get("BLOCK", 0) / (32 * kwargs.get("num_warps", 4))
             self.compiled.append(kernel)
             return kernel
         return go
 
 
+def _bundled(tool: str) -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
+
+
+# Opcodes that mark a path through one loop iteration (tests/sass_paths.py): the atomic
+# that hands out the top-K candidate slots; two volatile loads (the candidate count, then
+# the top-K buffer read back for a merge); the integer sum of the first block's bound (its
+# bucket maxima ranked); the 32-bit high multiplies of Philox.
+LOOP_MARKS = {
+    "filter": r"ATOMG\..*|ATOM\..*|RED\..*",
+    "merge": (r"LDG\.E\.(STRONG|VOLATILE).*|LD\.E\.(STRONG|VOLATILE).*", 2),
+    "first": r"REDUX\.SUM.*",
+    "noise": r"IMAD\.HI\.U32|IMAD\.WIDE\.U32",
+}
+
+
+def _sass(kernel) -> str:
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(kernel.asm["cubin"])
+    try:
+        return subprocess.run([_bundled("nvdisasm"), "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    finally:
+        os.unlink(f.name)
+
+
+def _loop_info(kernel, sass_dir=None, name="") -> str:
+    """Instructions per logit on the paths through the main loop of a compiled kernel."""
+    import re
+
+    import sass_paths
+
+    sass = _sass(kernel)
+    if sass_dir:
+        os.makedirs(sass_dir, exist_ok=True)
+        with open(os.path.join(sass_dir, re.sub(r"[^\w.=-]+", "_", name) + ".sass"), "w") as f:
+            f.write(sass)
+    try:
+        paths = sass_paths.main_loop(sass_paths.blocks(sass), LOOP_MARKS)
+    except ValueError as exc:
+        return f"{kernel.name}: {exc}"
+    per = kernel.logits_per_thread or 1
+
+    def fmt(n):
+        return "-" if n is None else f"{n / per:.1f}"
+
+    parts = [f"min {fmt(paths.shortest)}"]
+    parts += [f"{label} {fmt(n)}" for label, n in paths.through.items() if n is not None]
+    parts.append(f"max {fmt(paths.longest)}")
+    return (f"{kernel.name} loop: {per:g} logits/thread/iteration; instructions per logit: " + ", ".join(parts)
+            + f" (body {paths.body_instructions} instructions{'' if not paths.inner_loops else ', inner loops'})")
+
+
 def _ptxas_info(kernel, arch) -> str:
-    """Registers and spills of a compiled kernel, from `ptxas -v` on its PTX (the first of
-    Triton's bundled ptxas binaries that accepts the PTX version)."""
+    """Registers, spills and shared memory of a compiled kernel: `ptxas -v` on its PTX
+    with the options Triton compiled it with (--regAllocOptLevel=2, --fmad=false when
+    contraction is off; without them ptxas allocates otherwise), by the first of
+    Triton's bundled ptxas binaries that accepts the PTX version, checked against the
+    cubin Triton built (cuobjdump -res-usage: registers and local memory)."""
     import glob
     import re
     import subprocess
     import tempfile
 
-    bins = sorted(glob.glob(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas*")))
+    bins = sorted(glob.glob(_bundled("ptxas*")))
     m = re.search(r"\.target\s+(\S+)", kernel.asm["ptx"])
     gpu = m.group(1) if m else f"sm_{arch}"
+    flags = ["--regAllocOptLevel=2"] + ([] if kernel.metadata.enable_fp_fusion else ["--fmad=false"])
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(kernel.asm["ptx"])
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as c:
+        c.write(kernel.asm["cubin"])
     try:
+        usage = subprocess.run([_bundled("cuobjdump"), "-res-usage", c.name], capture_output=True, text=True).stdout
+        built = re.search(r"REG:(\d+).*?LOCAL:(\d+)", usage)
         for exe in bins:
-            proc = subprocess.run([exe, "-v", "--gpu-name", gpu, f.name, "-o", os.devnull], capture_output=True,
+            proc = subprocess.run([exe, "-v", *flags, "--gpu-name", gpu, f.name, "-o", os.devnull], capture_output=True,
                                   text=True)
             if proc.returncode == 0:
                 regs = re.search(r"Used (\d+) registers", proc.stderr)
                 spill = re.search(r"(\d+) bytes spill stores", proc.stderr)
+                same = built and regs and built.group(1) == regs.group(1)
                 return (f"{kernel.name}: {regs.group(1) if regs else '?'} registers, "
                         f"{spill.group(1) if spill else '?'} bytes spilled, "
-                        f"{kernel.metadata.shared} bytes shared, {kernel.metadata.num_warps} warps")
+                        f"{kernel.metadata.shared} bytes shared, {kernel.metadata.num_warps} warps"
+                        + ("" if same else f" (the built cubin: {built.group(1) if built else '?'} registers, "
+                                           f"{built.group(2) if built else '?'} bytes local)"))
         return f"{kernel.name}: no bundled ptxas accepted the PTX"
     finally:
         os.unlink(f.name)
+        os.unlink(c.name)
 
 
 def _variants(tk):
@@ -153,6 +232,17 @@ def _variants(tk):
         ("eager_step V=1 k=1", lambda: tk.eager_step(logits(1, 1, f32), *history(1, 8, 1), 1, 0.6, None, 50.0,
                                                      0.0, 1.0, 0, 0)),
     ]
+
+    def prepared(rows, dt):
+        """ops.PreparedStep's launches: state on the device, the error flag, the offset
+        counted on by launch 2."""
+        values, count, overflow, group = history(8, 4096, rows)
+        plan = tk._Plan(rows, 152064, META, entropy_top_k=20, want_entropy=True, k=4, sample=True, history=values)
+        i32, i64 = dict(dtype=torch.int32, device=META), dict(dtype=torch.int64, device=META)
+        plan.launch(plan.arguments(logits(rows, 152064, dt), torch.empty(rows, device=META), torch.empty(rows, **i64),
+                                   torch.empty((), **i64), (values, count, overflow), group, 99.0, 2.0, 5.0,
+                                   torch.empty(8, **i32), torch.empty(1, **i32), next_offset=True))
+    out.append(("prepared step B=8 bfloat16", lambda: prepared(8, torch.bfloat16)))
     return out
 
 
@@ -161,6 +251,10 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, nargs="+", default=[90], help="CUDA compute capabilities (90 = H100/H200)")
     ap.add_argument("--fallback-topk", action="store_true", help="compile the path without tl.topk")
     ap.add_argument("--ptxas-info", action="store_true", help="also print registers and spills per kernel")
+    ap.add_argument("--loop-instructions", action="store_true",
+                    help="also print the partial kernel's main-loop instructions per logit (from its SASS)")
+    ap.add_argument("--sass-dir", help="with --loop-instructions: also write each partial kernel's SASS there")
+    ap.add_argument("--only", help="compile only the variants whose name contains this")
     args = ap.parse_args(argv)
 
     from eager_kernels.kernels import triton as tk
@@ -177,6 +271,8 @@ def main(argv=None) -> int:
         for kernel in (tk._partial_kernel.fn, tk._finalize_kernel.fn):
             kernel.device_caches.clear()
         for name, thunk in _variants(tk):
+            if args.only and args.only not in name:
+                continue
             t0 = time.perf_counter()
             n0 = len(tk._partial_kernel.compiled), len(tk._finalize_kernel.compiled)
             try:
@@ -185,6 +281,9 @@ def main(argv=None) -> int:
                 if args.ptxas_info:
                     for kernel in tk._partial_kernel.compiled[n0[0]:] + tk._finalize_kernel.compiled[n0[1]:]:
                         print(f"          {_ptxas_info(kernel, arch)}", flush=True)
+                if args.loop_instructions:
+                    for kernel in tk._partial_kernel.compiled[n0[0]:]:
+                        print(f"          {_loop_info(kernel, args.sass_dir, f'sm_{arch} {name}')}", flush=True)
             except Exception as exc:  # report every variant, then fail
                 failed += 1
                 cause = exc.__cause__ or exc

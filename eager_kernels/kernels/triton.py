@@ -6,10 +6,14 @@ state: the online softmax statistics (running max m, s = sum e^(x-m), t = sum e^
 relative to m so that |x| ~ 1e4 loses no precision), the chunk's top-KP as packed int64
 keys (float bits made order-preserving in the high word, ~column in the low word, so one
 integer comparison orders by value descending then id ascending), the chunk's best Gumbel
-score and its column, and a flag for NaN / +inf. Splitting the vocabulary keeps enough
-programs in flight to use the memory bandwidth at B = 1. The chunk-0 program of each row
-also reads the row's threshold from the entropy history (which nothing writes during this
-launch).
+score and its column, and a flag for NaN / +inf. The top-K is a filter on the same read
+(the comments in _partial_kernel say why it is exact): a block whose max does not pass
+the threshold (a lower bound of the chunk's K-th best logit so far) costs nothing more;
+the columns above it get slots in a small per-program buffer (one warp-aggregated atomic
+per register), which is merged into the run only when half full, by one tl.topk of a few
+dozen keys. Splitting the vocabulary keeps enough programs in flight to use the memory
+bandwidth at B = 1. The chunk-0 program of each row also reads the row's threshold from
+the entropy history (which nothing writes during this launch).
 
 Launch 2, `_finalize_kernel`, grid (B,): merges a row's C partials into the entropy (full
 or top-K), the top-k log-probabilities, the sampled token and the branch decision. With a
@@ -17,6 +21,10 @@ history, each program then takes its group's ticket (atomic add); the last progr
 group merges that group's new entropies into its sorted buffer (vectorised, groups in
 parallel), after checking that no row of the step was bad (all or nothing) and that the
 group has room (else its overflow flag is set and nothing is written).
+
+_Plan holds one pass's launch parameters and buffers; the ops build one per call, a
+prepared step (ops.PreparedStep) builds one and only launches it at each call, with its
+data status or-ed into a device flag and its offset counted on by launch 2.
 
 Triton is imported when this module is, i.e. on the first Triton call, never at package
 import. On CPU tensors this runs under TRITON_INTERPRET=1 (the tests); the launch
@@ -53,6 +61,7 @@ _NUMERICS = {} if _INTERPRET else {"enable_fp_fusion": False}
 _KEY_EMPTY = -(2**63)  # sorts below every real key, -inf logits included
 _STATUS_BAD_VALUE = 1  # NaN or +inf in the row
 _STATUS_EMPTY_ROW = 2  # no finite logit in the row
+_STATUS_BAD_GROUP = 4  # the row's group id is outside [0, num_groups)
 
 
 # ---------------------------------------------------------------------------------------
@@ -78,8 +87,9 @@ def _gumbel_log_e(seed, offset, row, cols_quad, QUADS: tl.constexpr):
 
 @triton.jit
 def _pack_keys(x, cols, valid):
-    """Order-preserving int64 keys: larger value first, then the smaller column."""
-    bits = x.to(tl.int32, bitcast=True)
+    """Order-preserving int64 keys: larger value first, then the smaller column. -0.0 is
+    keyed as +0.0 (equal values, ordered by column, as the reference's stable sort does)."""
+    bits = tl.where(x == 0.0, 0, x.to(tl.int32, bitcast=True))
     ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
     low = (0xFFFFFFFF - cols.to(tl.int64))
     key = (ordered.to(tl.int64) << 32) | low
@@ -116,9 +126,62 @@ def _topk_keys(keys, KP: tl.constexpr):
 
 
 @triton.jit
-def _merge_topk(run, new_keys, KP: tl.constexpr):
-    both = tl.reshape(tl.join(run, new_keys), (2 * KP,))
-    return _topk_keys(both, KP)
+def _kth_largest(values, K):
+    """The K-th largest of `values` (float, one dimension, at least K of them): the
+    largest value that at least K values reach. n x n comparisons, no sort."""
+    reach = tl.sum((values[None, :] >= values[:, None]).to(tl.int32), axis=1)
+    return tl.max(tl.where(reach >= K, values, -float("inf")), axis=0)
+
+
+@triton.jit
+def _add_candidates(buf, cols, pending, lanes, KP: tl.constexpr, TOT: tl.constexpr):
+    """Append the pending columns to the top-K buffer; returns each pending lane's slot
+    (-1 for the others). Slots past the buffer's TOT - KP candidate places are not
+    written. The count is a warp-aggregated atomic per register (ptxas), skipped by warps
+    without a pending column."""
+    slot = tl.atomic_add(buf + TOT + lanes * 0, 1, mask=pending, sem="relaxed", scope="gpu")
+    tl.store(buf + KP + slot, cols, mask=pending & (slot < TOT - KP))
+    tl.debug_barrier()
+    return tl.where(pending, slot, -1)
+
+
+@triton.jit
+def _merge_buffer(buf, base, n_cand, K, KP: tl.constexpr, TOT: tl.constexpr):
+    """The run merged with the n_cand buffered candidates. buf[0:KP] holds the run's
+    columns (-1: empty), buf[KP:KP + n_cand] the candidates' columns, buf[TOT] their count.
+    Their logits are read again (a few cached reads) and keyed, the KP best kept; their
+    columns are written back and the count reset to 0. Returns (the KP keys, descending;
+    the K-th key's value and column; 1 if the run holds K keys, else 0): a column can
+    change the top-K only with a key above the K-th."""
+    idx = tl.arange(0, TOT)
+    c = tl.load(buf + idx, volatile=True)
+    use = tl.where(idx < KP, c >= 0, (idx - KP) < n_cand)
+    x = tl.load(base + c, mask=use, other=-float("inf")).to(tl.float32)
+    top = _topk_keys(_pack_keys(x, c, use), KP)
+    value, col = _unpack_keys(top)
+    tl.debug_barrier()  # every thread has read the buffer before it is rewritten
+    tl.store(buf + tl.arange(0, KP), tl.where(top != -9223372036854775808, col, -1).to(tl.int32))
+    tl.store(buf + TOT, 0)
+    tl.debug_barrier()  # the next candidates are counted from 0
+    kth_key = tl.max(tl.where(tl.arange(0, KP) == K - 1, top, -9223372036854775808), axis=0)
+    full = (kth_key != -9223372036854775808).to(tl.int32)
+    kth, kth_col = _unpack_keys(kth_key)
+    return top, tl.where(full != 0, kth, -float("inf")), kth_col.to(tl.int32), full
+
+
+@triton.jit
+def _more_rounds(buf, base, x, cols, lanes, kth, kth_col, left, K, KP: tl.constexpr, TOT: tl.constexpr):
+    """Rounds of (slots, merge) for the columns `left` without a slot, while any still
+    beats the run's K-th key (the exact test: they share the block with the columns just
+    merged). Each round places TOT - KP of them, so this ends. Returns (kth, full)."""
+    full = 1
+    pending = left & ((x > kth) | ((x == kth) & (cols < kth_col)))
+    while tl.max(pending.to(tl.int32), axis=0) > 0:
+        slot = _add_candidates(buf, cols, pending, lanes, KP, TOT)
+        n_buf = tl.load(buf + TOT, volatile=True)
+        _, kth, kth_col, full = _merge_buffer(buf, base, n_buf, K, KP, TOT)
+        pending = (slot >= TOT - KP) & ((x > kth) | ((x == kth) & (cols < kth_col)))
+    return kth, full
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,11 +191,11 @@ def _merge_topk(run, new_keys, KP: tl.constexpr):
 
 @triton.jit(do_not_specialize=["temp_scalar", "seed_scalar", "offset_scalar", "q32", "theta", "initial"])
 def _partial_kernel(
-    x_ptr, stride_row, V, CHUNK, NCH,
+    x_ptr, stride_row, V, CHUNK, NCH, K,
     temp_ptr, temp_scalar, seed_ptr, seed_scalar, offset_ptr, offset_scalar,
-    stats_ptr, keys_ptr, best_ptr, best_col_ptr,
-    hist_values_ptr, hist_stride, hist_count_ptr, group_ptr, q32, theta, initial, thr_ptr,
-    BLOCK: tl.constexpr, KP: tl.constexpr, TOPK: tl.constexpr, STATS: tl.constexpr,
+    stats_ptr, keys_ptr, buf_ptr, best_ptr, best_col_ptr,
+    hist_values_ptr, hist_stride, hist_count_ptr, group_ptr, NG, q32, theta, initial, thr_ptr,
+    BLOCK: tl.constexpr, KP: tl.constexpr, TOT: tl.constexpr, TOPK: tl.constexpr, STATS: tl.constexpr,
     SAMPLE: tl.constexpr, TEMP_IS_PTR: tl.constexpr, COUNTERS_ARE_PTRS: tl.constexpr,
     SEED_PER_ROW: tl.constexpr, THRESHOLD: tl.constexpr,
 ):
@@ -143,11 +206,25 @@ def _partial_kernel(
     stop = tl.minimum(start + CHUNK, V)
     lanes = tl.arange(0, BLOCK)
 
+    part = row.to(tl.int64) * NCH + chunk
     m = -float("inf")
     s = 0.0
     t = 0.0
     bad = 0
-    keys = tl.full((KP,), -9223372036854775808, tl.int64)
+    # The top-K: each program keeps a run of its chunk's KP best keys, exact in its K
+    # best (K = the widest top-K asked for, KP = K rounded up to a power of 2). The run's
+    # columns and the candidates waiting to join it lie in this program's slice of
+    # buf_ptr ([0, KP): the run, [KP, TOT): candidates, [TOT]: their count). kth is the
+    # threshold once one is known (full = 1): a lower bound of the K-th best logit so far,
+    # the first block's bound, then the run's K-th value after each merge.
+    buf = buf_ptr + part * (TOT + 1)
+    kth = -float("inf")
+    full = 0
+    n_buf = 0
+    if TOPK:
+        tl.store(buf + tl.arange(0, KP), tl.full((KP,), -1, tl.int32))
+        tl.store(buf + TOT, 0)
+        tl.debug_barrier()
     best = -float("inf")
     best_col = V  # no column yet
     if SAMPLE:
@@ -188,17 +265,47 @@ def _partial_kernel(
         else:
             m = tl.maximum(m, block_max)
         if TOPK:
-            block_keys = _pack_keys(x, cols, valid)
-            # Only a block holding a key above the current KP-th best can change the set.
-            if tl.max(block_keys, axis=0) > tl.min(keys, axis=0):
-                keys = _merge_topk(keys, _topk_keys(block_keys, KP), KP)
+            # Only a block whose max is above the run's K-th value holds a column that
+            # can enter (all its columns come after the run's): most blocks stop here.
+            if (block_max > kth) | (full == 0):
+                if full == 0:
+                    # No threshold yet (the first block): the columns at or above the K-th
+                    # largest of 2 KP bucket maxima (bucket b: the lanes b mod 2 KP, so a
+                    # short last block fills every bucket), a lower bound of the block's
+                    # K-th largest logit (K distinct columns reach it). It is -inf when
+                    # fewer than K buckets hold a finite logit; the block's top-K then lies
+                    # in its finite logits and its first 2 K columns.
+                    lb = _kth_largest(tl.max(tl.reshape(x, (BLOCK // (2 * KP), 2 * KP)), axis=0), K)
+                    ties = tl.where(lb > -float("inf"), BLOCK, 0)
+                    first = 2 * KP - tl.minimum(ties, 2 * KP)
+                    # (masked lanes hold -inf: no test of `valid` where x is compared; a
+                    # mask of i1 kept across branches costs bit packing per element)
+                    pending = (x > lb) | ((x == lb) & (lanes < ties)) | ((lanes < first) & (cols < stop))
+                    slot = _add_candidates(buf, cols, pending, lanes, KP, TOT)
+                    # The bound holds for every later block, strictly (K columns reach it
+                    # before theirs): the threshold until a merge raises it.
+                    kth = lb
+                    full = full * 0 + 1
+                else:
+                    # the columns above the threshold join the buffer
+                    slot = _add_candidates(buf, cols, x > kth, lanes, KP, TOT)
+                n_buf = tl.load(buf + TOT, volatile=True)
+                # Merged when half full (the next block has room).
+                if n_buf > (TOT - KP) // 2:
+                    _, kth, kth_col, full = _merge_buffer(buf, base, n_buf, K, KP, TOT)
+                    if n_buf > TOT - KP:
+                        # More than the buffer holds (ties, a first block without a
+                        # bound): the columns left without a slot go round again.
+                        kth, full = _more_rounds(buf, base, x, cols, lanes, kth, kth_col, slot >= TOT - KP, K, KP,
+                                                 TOT)
+                    n_buf = n_buf * 0
         if SAMPLE:
             if temp > 0.0:
                 # The noise is at most temp * GUMBEL_MAX: a block that cannot beat the best
                 # score needs no random numbers.
                 if block_max + temp * 24.0 >= best:
                     log_e = _gumbel_log_e(seed, offset, row_word, block_start // 4 + tl.arange(0, BLOCK // 4), BLOCK // 4)
-                    score = tl.where(valid, x - temp * log_e, -float("inf"))
+                    score = x - temp * log_e  # -inf in masked lanes (log_e is finite)
                     block_best = tl.max(score, axis=0)
                     if block_best > best:
                         best = block_best
@@ -208,13 +315,13 @@ def _partial_kernel(
                     best = block_max
                     best_col = tl.min(tl.where(x == block_max, cols, V), axis=0)
 
-    part = row.to(tl.int64) * NCH + chunk
     tl.store(stats_ptr + part * 4 + 0, m)
     tl.store(stats_ptr + part * 4 + 1, s)
     tl.store(stats_ptr + part * 4 + 2, t)
     tl.store(stats_ptr + part * 4 + 3, bad.to(tl.float32))
     if TOPK:
-        tl.store(keys_ptr + part * KP + tl.arange(0, KP), keys)
+        top, _, _, _ = _merge_buffer(buf, base, n_buf, K, KP, TOT)
+        tl.store(keys_ptr + part * KP + tl.arange(0, KP), top)
     if SAMPLE:
         tl.store(best_ptr + part, best)
         tl.store(best_col_ptr + part, best_col.to(tl.int64))
@@ -222,6 +329,7 @@ def _partial_kernel(
     if THRESHOLD:
         if chunk == 0:
             g = tl.load(group_ptr + row)
+            g = tl.where((g >= 0) & (g < NG), g, 0)  # out of range: flagged by launch 2, nothing read outside
             n = tl.load(hist_count_ptr + g)
             last = tl.maximum(n - 1, 0)
             # torch.quantile's arithmetic: float32 rank, floor/ceil, lerp.
@@ -246,11 +354,12 @@ def _partial_kernel(
 def _finalize_kernel(
     stats_ptr, keys_ptr, best_ptr, best_col_ptr, NCH, B,
     entropy_ptr, lp_ptr, ids_ptr, k, token_ptr, status_ptr, thr_ptr, branch_ptr,
-    ticket_ptr, hist_values_ptr, hist_stride, hist_count_ptr, hist_overflow_ptr, group_ptr,
-    CAP, ENT_K,
+    ticket_ptr, hist_values_ptr, hist_stride, hist_count_ptr, hist_overflow_ptr, group_ptr, NG,
+    CAP, ENT_K, errors_ptr, offset_ptr,
     NCH_P: tl.constexpr, KP: tl.constexpr, TOPK: tl.constexpr, ENTROPY: tl.constexpr,
     TOPK_ENTROPY: tl.constexpr, CANDIDATES: tl.constexpr, SAMPLE: tl.constexpr,
-    HISTORY: tl.constexpr, B_P: tl.constexpr, MB: tl.constexpr,
+    HISTORY: tl.constexpr, B_P: tl.constexpr, MB: tl.constexpr, ERRORS: tl.constexpr,
+    NEXT_OFFSET: tl.constexpr,
 ):
     row = tl.program_id(0)
     c = tl.arange(0, NCH_P)
@@ -262,7 +371,20 @@ def _finalize_kernel(
     bad_i = tl.load(stats_ptr + part * 4 + 3, mask=cmask, other=0.0)
     m = tl.max(m_i, axis=0)
     status = tl.where(tl.max(bad_i, axis=0) > 0, 1, 0) + tl.where(m == -float("inf"), 2, 0)
+    if HISTORY:
+        g = tl.load(group_ptr + row)
+        g_ok = (g >= 0) & (g < NG)
+        status += tl.where(g_ok, 0, 4)
+        g = tl.where(g_ok, g, 0)
     tl.store(status_ptr + row, status)
+    if ERRORS:
+        # a prepared step's sticky flag: every bad row of every call until it is read
+        if status != 0:
+            tl.atomic_or(errors_ptr, status, sem="relaxed")
+    if NEXT_OFFSET:
+        # a prepared step's counter moves on for the next call (launch 1 read it already)
+        if row == 0:
+            tl.store(offset_ptr, tl.load(offset_ptr) + 1)
     seen = s_i > 0
     shift = tl.where(seen, m_i, 0.0) - tl.where(seen, m, 0.0)
     a_i = tl.where(seen, tl.exp(shift), 0.0)
@@ -305,10 +427,11 @@ def _finalize_kernel(
         tl.store(branch_ptr + row, ent > thr)
         # The last program of each group (per-group ticket) merges the group's new values:
         # groups merge in parallel, and every row of the group has stored its entropy.
-        g = tl.load(group_ptr + row)
+        # (Group ids outside [0, NG) count as group 0 here, and nothing is appended.)
         r = tl.arange(0, B_P)
-        groups = tl.load(group_ptr + r, mask=r < B, other=-1)
-        mine = groups == g
+        groups = tl.load(group_ptr + r, mask=r < B, other=0)
+        groups_ok = (groups >= 0) & (groups < NG)
+        mine = (tl.where(groups_ok, groups, 0) == g) & (r < B)
         n_new = tl.sum(mine.to(tl.int32), axis=0)
         ticket = tl.atomic_add(ticket_ptr + g, 1)
         if ticket == n_new - 1:
@@ -320,7 +443,8 @@ def _finalize_kernel(
             all_m = tl.load(stats_ptr + rc * 4 + 0, mask=both, other=-float("inf"))
             row_m = tl.max(all_m, axis=1)
             any_bad = (tl.max(tl.max(all_bad, axis=1), axis=0) > 0) | \
-                (tl.min(tl.where(r < B, row_m, 0.0), axis=0) == -float("inf"))
+                (tl.min(tl.where(r < B, row_m, 0.0), axis=0) == -float("inf")) | \
+                (tl.min(groups_ok.to(tl.int32), axis=0) == 0)
             if not any_bad:
                 new = tl.load(entropy_ptr + r, mask=mine, other=float("inf"), volatile=True)
                 _merge_group(hist_values_ptr + g.to(tl.int64) * hist_stride, hist_count_ptr + g,
@@ -393,74 +517,113 @@ def _check_status(status: torch.Tensor) -> None:
                                 ((status & _STATUS_EMPTY_ROW) != 0).any())
 
 
+class _Plan:
+    """One pass's launch parameters and buffers, for a shape and for what it computes
+    (entropy full or top-K, k candidates, a sample, the history). The ops build one per
+    call; a prepared step (ops.PreparedStep) builds one and launches it at every call."""
+
+    def __init__(self, rows, vocab, device, *, entropy_top_k=None, want_entropy=False, k=0, sample=False,
+                 history=None):
+        cfg = launch_config
+        self.rows, self.vocab, self.k, self.entropy_top_k, self.sample = rows, vocab, k, entropy_top_k, sample
+        self.history = history is not None
+        self.want_entropy = want_entropy or self.history
+        # exp sums: for the entropy and the log-probabilities; a lone sample needs only the max
+        self.need_sums = self.want_entropy or k > 0
+        self.topk_width = max(k, entropy_top_k or 0)
+        self.topk = self.topk_width > 0
+        self.kp = max(2, triton.next_power_of_2(self.topk_width)) if self.topk else 2
+        self.tot = max(4 * self.kp, 64)  # a program's top-K buffer: the run (kp) and the candidates
+        self.block = max(min(cfg["block"], triton.next_power_of_2(vocab)), 2 * self.kp, 16)
+        n_blocks = triton.cdiv(vocab, self.block)
+        n_chunks = min(n_blocks, cfg["max_chunks"], max(1, triton.cdiv(cfg["target_programs"], rows)))
+        self.chunk = triton.cdiv(n_blocks, n_chunks) * self.block
+        self.n_chunks = triton.cdiv(vocab, self.chunk)
+        self.num_warps = cfg["num_warps"]
+
+        nch = self.n_chunks
+        f32, i64 = dict(dtype=torch.float32, device=device), dict(dtype=torch.int64, device=device)
+        self.stats = torch.empty((rows, nch, 4), **f32)
+        self.keys = torch.empty((rows, nch, self.kp) if self.topk else (1,), **i64)
+        self.buf = torch.empty((rows * nch, self.tot + 1) if self.topk else (1,), dtype=torch.int32, device=device)
+        self.best = torch.empty((rows, nch) if sample else (1,), **f32)
+        self.best_col = torch.empty((rows, nch) if sample else (1,), **i64)
+        self.status = torch.empty((rows,), dtype=torch.int32, device=device)
+        self.ent = torch.empty((rows,), **f32) if self.want_entropy else self.stats
+        self.lp = torch.empty((rows, k), **f32) if k else self.stats
+        self.ids = torch.empty((rows, k), **i64) if k else self.keys
+        self.token = torch.empty((rows,), **i64) if sample else self.keys
+        self.thr = torch.empty((rows,), **f32) if self.history else self.stats
+        self.branch = torch.empty((rows,), dtype=torch.bool, device=device) if self.history else self.status
+
+    def outputs(self):
+        return self.ent, self.thr, self.branch, self.token, self.ids, self.lp
+
+    def arguments(self, logits, temperature=None, seed=0, offset=0, history=None, group=None, q=0.0, theta=0.0,
+                  initial=0.0, tickets=None, errors=None, next_offset=False):
+        """(partial args, partial constexprs, finalize args, finalize constexprs). Python
+        scalars go in as kernel arguments; tensors (temperature [B], seed, offset) are read
+        on the device. With `errors` (int32 [1]) each bad row's status is or-ed into it;
+        with next_offset, the offset tensor is incremented on the device."""
+        temp_is_ptr = isinstance(temperature, torch.Tensor)
+        counters_are_ptrs = isinstance(seed, torch.Tensor) or isinstance(offset, torch.Tensor)
+        seed_per_row = _checks.is_per_row_seed(seed)
+        dev = logits.device
+        if counters_are_ptrs:
+            seed = seed.contiguous() if seed_per_row else _checks.counter_tensor(seed, dev)
+            offset = _checks.counter_tensor(offset, dev)
+        stats, status = self.stats, self.status
+        if history is not None:
+            h_values, h_count, h_overflow = history
+            groups, cap, h_stride = h_values.shape[0], h_values.shape[1], h_values.stride(0)
+        else:
+            h_values = h_count = h_overflow = stats
+            groups, cap, h_stride, group = 1, 0, 0, status
+        partial = [
+            logits, logits.stride(0), self.vocab, self.chunk, self.n_chunks, max(self.topk_width, 1),
+            temperature if temp_is_ptr else stats, float(temperature) if (self.sample and not temp_is_ptr) else 0.0,
+            seed if counters_are_ptrs else stats, 0 if counters_are_ptrs else int(seed),
+            offset if counters_are_ptrs else stats, 0 if counters_are_ptrs else int(offset),
+            stats, self.keys, self.buf, self.best, self.best_col,
+            h_values, h_stride, h_count, group, groups, q / 100.0, theta, initial, self.thr,
+        ]
+        partial_meta = dict(
+            BLOCK=self.block, KP=self.kp, TOT=self.tot, TOPK=self.topk, STATS=self.need_sums, SAMPLE=self.sample,
+            TEMP_IS_PTR=temp_is_ptr, COUNTERS_ARE_PTRS=counters_are_ptrs, SEED_PER_ROW=seed_per_row,
+            THRESHOLD=self.history, num_warps=self.num_warps, **_NUMERICS,
+        )
+        b_p = max(2, triton.next_power_of_2(self.rows)) if self.history else 2
+        final = [
+            stats, self.keys, self.best, self.best_col, self.n_chunks, self.rows,
+            self.ent, self.lp, self.ids, max(self.k, 1), self.token, status, self.thr, self.branch,
+            tickets if tickets is not None else status, h_values, h_stride, h_count, h_overflow, group, groups,
+            cap, self.entropy_top_k or 0, errors if errors is not None else status,
+            offset if (next_offset and counters_are_ptrs) else status,
+        ]
+        final_meta = dict(
+            NCH_P=triton.next_power_of_2(self.n_chunks), KP=self.kp, TOPK=self.topk, ENTROPY=self.want_entropy,
+            TOPK_ENTROPY=self.entropy_top_k is not None, CANDIDATES=self.k > 0, SAMPLE=self.sample,
+            HISTORY=self.history, B_P=b_p, MB=max(16, min(1024, 4096 // b_p)), ERRORS=errors is not None,
+            NEXT_OFFSET=bool(next_offset and counters_are_ptrs), num_warps=4, **_NUMERICS,
+        )
+        return partial, partial_meta, final, final_meta
+
+    def launch(self, arguments) -> None:
+        partial, partial_meta, final, final_meta = arguments
+        _partial_kernel[(self.rows, self.n_chunks)](*partial, **partial_meta)
+        _finalize_kernel[(self.rows,)](*final, **final_meta)
+
+
 def _run(logits, *, entropy_top_k=None, want_entropy=False, k=0, temperature=None, seed=0,
          offset=0, history=None, group=None, q=0.0, theta=0.0, initial=0.0):
     """Launch the two kernels for whatever subset of the step is asked for."""
     rows, vocab = logits.shape
-    dev = logits.device
-    cfg = launch_config
-    sample = temperature is not None
-    # exp sums: for the entropy and the log-probabilities; a lone sample needs only the max
-    need_sums = want_entropy or k > 0 or history is not None
-    topk_width = max(k, entropy_top_k or 0)
-    topk = topk_width > 0
-    kp = max(2, triton.next_power_of_2(topk_width)) if topk else 2
-    block = max(min(cfg["block"], triton.next_power_of_2(vocab)), kp, 16)
-    n_blocks = triton.cdiv(vocab, block)
-    n_chunks = min(n_blocks, cfg["max_chunks"], max(1, triton.cdiv(cfg["target_programs"], rows)))
-    chunk = triton.cdiv(n_blocks, n_chunks) * block
-    n_chunks = triton.cdiv(vocab, chunk)
-
-    f32, i64 = dict(dtype=torch.float32, device=dev), dict(dtype=torch.int64, device=dev)
-    stats = torch.empty((rows, n_chunks, 4), **f32)
-    keys = torch.empty((rows, n_chunks, kp) if topk else (1,), **i64)
-    best = torch.empty((rows, n_chunks) if sample else (1,), **f32)
-    best_col = torch.empty((rows, n_chunks) if sample else (1,), **i64)
-    status = torch.empty((rows,), dtype=torch.int32, device=dev)
-    ent = torch.empty((rows,), **f32) if (want_entropy or history is not None) else stats
-    lp = torch.empty((rows, k), **f32) if k else stats
-    ids = torch.empty((rows, k), **i64) if k else keys
-    token = torch.empty((rows,), **i64) if sample else keys
-    thr = torch.empty((rows,), **f32) if history is not None else stats
-    branch = torch.empty((rows,), dtype=torch.bool, device=dev) if history is not None else status
-
-    temp_is_ptr = isinstance(temperature, torch.Tensor)
-    counters_are_ptrs = isinstance(seed, torch.Tensor) or isinstance(offset, torch.Tensor)
-    seed_per_row = _checks.is_per_row_seed(seed)
-    if counters_are_ptrs:
-        seed = seed.contiguous() if seed_per_row else _checks.counter_tensor(seed, dev)
-        offset = _checks.counter_tensor(offset, dev)
-    if history is not None:
-        h_values, h_count, h_overflow = history
-        hist_args = (h_values, h_values.stride(0), h_count, group, q / 100.0, theta, initial, thr)
-    else:
-        h_values = h_count = h_overflow = stats
-        hist_args = (stats, 0, stats, status, 0.0, 0.0, 0.0, stats)
-
-    _partial_kernel[(rows, n_chunks)](
-        logits, logits.stride(0), vocab, chunk, n_chunks,
-        temperature if temp_is_ptr else stats, 0.0 if (temp_is_ptr or not sample) else float(temperature),
-        seed if counters_are_ptrs else stats, 0 if counters_are_ptrs else int(seed),
-        offset if counters_are_ptrs else stats, 0 if counters_are_ptrs else int(offset),
-        stats, keys, best, best_col, *hist_args,
-        BLOCK=block, KP=kp, TOPK=topk, STATS=need_sums, SAMPLE=sample, TEMP_IS_PTR=temp_is_ptr,
-        COUNTERS_ARE_PTRS=counters_are_ptrs, SEED_PER_ROW=seed_per_row, THRESHOLD=history is not None,
-        num_warps=cfg["num_warps"], **_NUMERICS,
-    )
-    b_p = max(2, triton.next_power_of_2(rows)) if history is not None else 2
-    _finalize_kernel[(rows,)](
-        stats, keys, best, best_col, n_chunks, rows,
-        ent, lp, ids, max(k, 1), token, status, thr, branch,
-        _tickets_for(dev, h_values.shape[0]) if history is not None else status, h_values, h_values.stride(0) if history is not None else 0, h_count,
-        h_overflow, group if group is not None else status,
-        h_values.shape[1] if history is not None else 0, entropy_top_k or 0,
-        NCH_P=triton.next_power_of_2(n_chunks), KP=kp, TOPK=topk,
-        ENTROPY=want_entropy or history is not None, TOPK_ENTROPY=entropy_top_k is not None,
-        CANDIDATES=k > 0, SAMPLE=sample, HISTORY=history is not None,
-        B_P=b_p, MB=max(16, min(1024, 4096 // b_p)), num_warps=4, **_NUMERICS,
-    )
-    _check_status(status)
-    return ent, thr, branch, token, ids, lp
+    plan = _Plan(rows, vocab, logits.device, entropy_top_k=entropy_top_k, want_entropy=want_entropy, k=k,
+                 sample=temperature is not None, history=history)
+    tickets = _tickets_for(logits.device, history[0].shape[0]) if history is not None else None
+    plan.launch(plan.arguments(logits, temperature, seed, offset, history, group, q, theta, initial, tickets))
+    _check_status(plan.status)
+    return plan.outputs()
 
 
 # The backend namespace (same signatures as _registry._BackendTorch).
