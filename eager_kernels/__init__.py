@@ -6,7 +6,7 @@ Triton call, and the C++ CPU extension (built at install time) is loaded if pres
 from .kernels import reference
 from .kernels.registry import cpu_extension_available, cpu_extension_error
 from .kernels.history import EntropyHistory
-from .kernels.ops import StepResult, eager_step, entropy, sample, topk_logprobs
+from .kernels.ops import PreparedStep, StepResult, eager_step, entropy, sample, topk_logprobs
 from .sampler import EagerConfig, EagerOutput, allocate_budget, generate
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ __all__ = [
     "allocate_budget",
     "generate",
     "EntropyHistory",
+    "PreparedStep",
     "StepResult",
     "cpu_extension_available",
     "cpu_extension_error",

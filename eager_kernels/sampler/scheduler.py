@@ -115,6 +115,7 @@ class Scheduler:
         self._dirty = True  # group settings to rebuild
         self._peak = None  # int64 [G]: each group's most active rows so far
         self._fresh_slots: list = []  # slots placed since the last rebuild (peak back to 1)
+        self._steps = ops.StepPlans()  # eager_step; on CUDA through prepared steps (kernels/ops.py)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -419,14 +420,15 @@ class Scheduler:
             start += n
         table, R = self.table, self.table.R
         results = []
+        self._steps.next_step()
         for key, u, n, a in runs:
             c = u.cfg
             sl = slice(a, a + n)
             logits = self.logits if n == R else self.logits[sl]
-            results.append(ops.eager_step(logits, self.history, table.grp[sl], k=c.candidates_k,
-                                          temperature=c.temperature, entropy_top_k=c.entropy_top_k, q=c.q,
-                                          theta=c.theta, initial_threshold=c.initial_threshold,
-                                          seed=table.pkey[sl], offset=u.step, backend=c.backend))
+            results.append(self._steps(logits, self.history, table.grp[sl], k=c.candidates_k,
+                                       temperature=c.temperature, entropy_top_k=c.entropy_top_k, q=c.q,
+                                       theta=c.theta, initial_threshold=c.initial_threshold,
+                                       seed=table.pkey[sl], offset=u.step, backend=c.backend))
         if len(results) == 1:
             return results[0]
         return _concat_results(results)
