@@ -38,11 +38,11 @@ def _load(model_dir):
     return load("transformers", model_dir=model_dir)
 
 
-def _load_llamacpp(gguf, threads, model_dir=None):
-    """(LlamaCppEngine, its tokenizer, name, load seconds)."""
+def _load_llamacpp(gguf, threads, model_dir=None, batch_invariant=False):
+    """(LlamaCppEngine, its tokenizer, name, load seconds); batch_invariant: select.load."""
     from .engines.select import load
 
-    return load("llamacpp", model_dir=model_dir, gguf=gguf, threads=threads)
+    return load("llamacpp", model_dir=model_dir, gguf=gguf, threads=threads, batch_invariant=batch_invariant)
 
 
 def _short(text: str, width: int) -> str:
@@ -113,7 +113,7 @@ def cmd_generate(args) -> int:
     engine = resolve(getattr(args, "engine", "auto"), model_dir=args.model)
     gguf = getattr(args, "gguf", None)
     if engine == "llamacpp":
-        model, tok, name, load_s = _load_llamacpp(gguf, args.threads, args.model)
+        model, tok, name, load_s = _load_llamacpp(gguf, args.threads, args.model, cfg.batch_invariant)
     elif engine == "vllm":
         from .engines.select import load
 

@@ -271,9 +271,10 @@ def _eval_records(folder):
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["llamacpp", "transformers"])
 def test_eval_batch_invariant_any_batching(ray_session, tmp_path, engine, capsys):
-    """eval --batch-invariant on the default model: batch sizes 4 and 2 in process and batch
-    size 2 on Ray with 2 workers write identical records (floats to the last bit; the
-    batches field aside: call ids and wall times)."""
+    """eval --batch-invariant on the default model: batch sizes 4, 2 and 1 in process and
+    batch size 2 on Ray with 2 workers write identical records (floats to the last bit; the
+    batches field aside: call ids and wall times). On llama.cpp the prompts of a batch share
+    engine calls (the engine's batch-invariant mode), elsewhere each decodes alone."""
     if engine == "llamacpp":
         pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the `llamacpp` extra)")
     from eager_kernels.evaluation.cli import main
@@ -281,12 +282,18 @@ def test_eval_batch_invariant_any_batching(ray_session, tmp_path, engine, capsys
 
     if engine == "transformers" and not default_model_available():
         pytest.skip("the default model is not installed")
-    runs = {"bs4": ["--batch-size", "4"], "bs2": ["--batch-size", "2"],
+    if engine == "llamacpp":
+        from eager_kernels.engines.select import load
+
+        eng = load("llamacpp", threads=1, batch_invariant=True)[0]
+        assert eng.batch_invariant  # the default GGUF is one the invariant mode holds for
+        eng.close()
+    runs = {"bs4": ["--batch-size", "4"], "bs2": ["--batch-size", "2"], "bs1": ["--batch-size", "1"],
             "ray2": ["--batch-size", "2", "--ray", "--workers", "2", "--worker-cpus", "0.5"]}
     for name, extra in runs.items():
         assert main(ISSUE_EVAL + ["--engine", engine, "--batch-invariant", "--out", str(tmp_path / name)]
                     + extra) == 0
     recs = {name: _eval_records(tmp_path / name) for name in runs}
     assert len(recs["bs4"]) == 18
-    assert recs["bs4"] == recs["bs2"]
+    assert recs["bs4"] == recs["bs2"] == recs["bs1"]
     assert recs["bs4"] == recs["ray2"]

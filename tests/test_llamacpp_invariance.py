@@ -243,7 +243,14 @@ def test_invariant_mode_rejects(tiny_gguf, monkeypatch):
 @SLOW
 @pytest.mark.parametrize("weight_type", ["bf16", "f16", "q8_0", "q4_1"])
 def test_smollm2_tree_alone_equals_tree_in_a_batch(weight_type):
+    """The C++ sampler (backend "cpu", the default on CPU), whose kernels split a row of
+    SmolLM2's 49152 columns by the rows in the call: the scheduler gives each prompt a
+    sampler call of its own in batch-invariant mode."""
+    from eager_kernels import cpu_extension_available
     from eager_kernels.engines.models import default_gguf_path
+
+    if not cpu_extension_available():
+        pytest.skip("the C++ extension is not built")
 
     try:
         path = default_gguf_path(weight_type)
@@ -256,10 +263,29 @@ def test_smollm2_tree_alone_equals_tree_in_a_batch(weight_type):
         prompts = [eng.tokenizer.apply_chat_template([{"role": "user", "content": q}]) for q in questions]
         for policy in ("seed", "paper"):
             size = dict(max_new_tokens=8, max_paths_per_prompt=4, **({"prune_to": 4} if policy == "seed" else {}))
-            cfg = _cfg(policy).replace(**size)
+            cfg = _cfg(policy).replace(backend="cpu", **size)
             alone = generate(eng, [prompts[0]], cfg, prompt_keys=[0]).results[0]
             for order in ([0, 1, 2, 3], [3, 2, 0, 1], [1, 0]):
                 out = generate(eng, [prompts[i] for i in order], cfg, prompt_keys=order)
                 assert _exact(out.results[order.index(0)]) == _exact(alone), (policy, order)
     finally:
         eng.close()
+
+
+def test_select_load_falls_back_to_isolation(tiny_gguf, monkeypatch):
+    """The command line's loader (serve, generate and eval with batch invariance): the
+    invariant mode where it holds, else a warning that says why and the default engine."""
+    from eager_kernels.engines.select import load
+
+    eng = load("llamacpp", gguf=tiny_gguf, threads=1, batch_invariant=True)[0]
+    assert eng.batch_invariant is True
+    eng.close()
+    eng = load("llamacpp", gguf=tiny_gguf, threads=1, batch_invariant=True, kv_unified=True)[0]
+    assert eng.batch_invariant is False  # a shared cache: isolation
+    eng.close()
+    types = L.gguf_tensor_types(tiny_gguf)
+    monkeypatch.setattr(L, "gguf_tensor_types", lambda path: {**types, "blk.0.ffn_up.weight": 12})  # Q4_K
+    with pytest.warns(UserWarning, match=r"ggml types \[12\].*calls of its own"):
+        eng = load("llamacpp", gguf=tiny_gguf, threads=1, batch_invariant=True)[0]
+    assert eng.batch_invariant is False and isolates_prompts(eng, _cfg("seed"))  # each prompt alone
+    eng.close()

@@ -29,9 +29,12 @@ def resolve(engine: str, *, model_dir=None) -> str:
     return engine
 
 
-def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=None):
+def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=None, batch_invariant=False):
     """(model or engine, tokenizer, display name, load seconds) for `engine` (resolved);
-    kv_unified: the llama.cpp engine's KV layout (LlamaCppEngine; None: its own choice)."""
+    kv_unified: the llama.cpp engine's KV layout (LlamaCppEngine; None: its own choice).
+    batch_invariant: for a caller that runs EagerConfig(batch_invariant=True): the llama.cpp
+    engine in its batch-invariant mode where it holds (invariant_llamacpp), so that prompts
+    share decode steps; elsewhere the default engine (the sampler then isolates prompts)."""
     t0 = time.perf_counter()
     if engine == "vllm":
         return _load_vllm(model_dir, gguf, t0)
@@ -47,7 +50,11 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=Non
 
             path = default_gguf_path()
             name = f"SmolLM2-135M-Instruct (default, GGUF {GGUF_WEIGHT_TYPE.upper()})"
-        eng = LlamaCppEngine(path, n_threads=threads, kv_unified=kv_unified)
+        eng = None
+        if batch_invariant and kv_unified is not True:
+            eng = invariant_llamacpp(path, threads)
+        if eng is None:
+            eng = LlamaCppEngine(path, n_threads=threads, kv_unified=kv_unified)
         return eng, eng.tokenizer, f"{name} on llama.cpp", time.perf_counter() - t0
     if gguf:
         raise ValueError("--gguf needs --engine llamacpp (or auto with llama-cpp-python installed)")
@@ -60,6 +67,22 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=Non
         model, tok = load_default_model()
         name = "SmolLM2-135M-Instruct (default)"
     return model, tok, f"{name} on transformers", time.perf_counter() - t0
+
+
+def invariant_llamacpp(path, threads=None):
+    """LlamaCppEngine(path, batch_invariant=True), or None (with a warning that says why)
+    where that mode is not claimed for this GGUF, build or CPU (llamacpp.invariance_blocker)."""
+    import warnings
+
+    from .llamacpp import LlamaCppEngine
+
+    try:
+        return LlamaCppEngine(path, n_threads=threads, batch_invariant=True)
+    except ValueError as e:
+        if not str(e).startswith("batch_invariant=True:"):
+            raise
+        warnings.warn(f"{e}; each prompt decodes in llama.cpp calls of its own", stacklevel=3)
+        return None
 
 
 def _load_vllm(model_dir, gguf, t0):
@@ -85,22 +108,25 @@ def _load_vllm(model_dir, gguf, t0):
 
 
 def default_model_factory(path: Optional[str] = None, *, engine: str = "transformers",
-                          gguf: Optional[str] = None, threads: Optional[int] = 1):
+                          gguf: Optional[str] = None, threads: Optional[int] = 1, batch_invariant: bool = False):
     """A picklable factory of (model or engine, tokenizer): on the transformers engine the
     default model (path None) or a local model directory; on the llama.cpp engine
-    (engine="llamacpp") the default GGUF or `gguf`, with `threads` llama.cpp threads."""
+    (engine="llamacpp") the default GGUF or `gguf`, with `threads` llama.cpp threads, in its
+    batch-invariant mode with batch_invariant=True where that holds (load)."""
     if engine not in ("transformers", "llamacpp"):
         raise ValueError(f"engine: expected 'transformers' or 'llamacpp', got {engine!r}")
-    return _ModelFactory(path, engine, gguf, threads)
+    return _ModelFactory(path, engine, gguf, threads, batch_invariant)
 
 
 class _ModelFactory:
-    def __init__(self, path, engine="transformers", gguf=None, threads=1):
+    def __init__(self, path, engine="transformers", gguf=None, threads=1, batch_invariant=False):
         self.path, self.engine, self.gguf, self.threads = path, engine, gguf, threads
+        self.batch_invariant = batch_invariant
 
     def __call__(self):
         if self.engine == "llamacpp":
-            model, tok, _, _ = load("llamacpp", model_dir=self.path, gguf=self.gguf, threads=self.threads)
+            model, tok, _, _ = load("llamacpp", model_dir=self.path, gguf=self.gguf, threads=self.threads,
+                                    batch_invariant=self.batch_invariant)
             return model, tok
         from .models import load_default_model, load_model
 

@@ -294,11 +294,12 @@ def main(argv=None) -> int:
         from ..engines.select import default_model_factory
 
         on = resolve(args.engine, model_dir=args.model)
-        ray = dict(model_factory=default_model_factory(args.model, engine=on, gguf=args.gguf), workers=args.workers,
+        ray = dict(model_factory=default_model_factory(args.model, engine=on, gguf=args.gguf,
+                                                       batch_invariant=cfg.batch_invariant), workers=args.workers,
                    address=args.ray or None, num_cpus=args.worker_cpus, num_gpus=args.worker_gpus)
     t0 = time.perf_counter()
     model, tok, name, _ = load(resolve(args.engine, model_dir=args.model), model_dir=args.model, gguf=args.gguf,
-                              threads=args.threads)
+                              threads=args.threads, batch_invariant=cfg.batch_invariant)
     print(f"model {name} loaded in {time.perf_counter() - t0:.1f} s")
     cfg.model_name = name
     try:

@@ -409,11 +409,17 @@ class Scheduler:
 
     def _sample(self, g: Groups):
         """Part 2: eager_step over the active rows, one call per run of units with the same
-        sample_key (their rows are contiguous: units keep their order in the table)."""
+        sample_key (their rows are contiguous: units keep their order in the table). In
+        batch-invariant mode one call per prompt instead: the sampler's kernels may reduce a
+        row in an order that depends on the rows of the call (the C++ backend splits a row
+        into chunks by the row count; torch splits reductions over threads by the shape),
+        and a prompt's rows are then exactly the rows it has alone."""
         runs, start = [], 0
         for u in self.running:
             n = u.active
-            if runs and runs[-1][0] == u.sample_key:
+            if u.cfg.batch_invariant and n:
+                runs.extend([None, u, b - a, start + a] for a, b in _group_runs(self.table.grp[start:start + n]))
+            elif runs and runs[-1][0] is not None and runs[-1][0] == u.sample_key:
                 runs[-1][2] += n
             else:
                 runs.append([u.sample_key, u, n, start])
@@ -509,6 +515,13 @@ class Scheduler:
         if u._bar is not None:
             u._bar.close()
             u._bar = None
+
+
+def _group_runs(grp: torch.Tensor) -> list:
+    """(start, end) of each run of equal group ids (a prompt's active rows are contiguous)."""
+    ids = grp.tolist()
+    cuts = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
+    return list(zip([0] + cuts, cuts + [len(ids)]))
 
 
 def _concat_results(results: list):

@@ -64,7 +64,7 @@ def load_engine(args):
         torch.set_num_threads(args.threads)
     engine = resolve(args.engine, model_dir=args.model)
     model, tok, _, _ = load(engine, model_dir=args.model, gguf=args.gguf, threads=args.threads,
-                            kv_unified=KV_LAYOUTS[args.kv_layout])
+                            kv_unified=KV_LAYOUTS[args.kv_layout], batch_invariant=args.batch_invariant)
     if engine == "llamacpp":
         ctx = model.n_ctx or model.n_ctx_train
     elif engine == "vllm":
@@ -114,9 +114,10 @@ def main(argv=None) -> int:
                      window_s=args.batch_window_ms / 1000, max_batch=args.max_batch,
                      max_batch_rows=args.max_batch_rows, state=state)
     invariant = getattr(engine, "batch_invariant", False)
-    log.info("model %s (%s engine, context %s) loaded in %.1f s; batch-invariant responses: %s", settings.model_name,
-             getattr(engine, "name", "transformers"), ctx, time.perf_counter() - t0,
-             "yes" if args.batch_invariant or invariant else "no")
+    log.info("model %s (%s engine, context %s) loaded in %.1f s; batch-invariant responses: %s; requests share "
+             "decode steps: %s", settings.model_name, getattr(engine, "name", "transformers"), ctx,
+             time.perf_counter() - t0, "yes" if args.batch_invariant or invariant else "no",
+             "yes" if invariant or not args.batch_invariant else "no (each request decodes alone)")
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=max(1, int(args.drain_timeout)))
     server = DrainingServer(config, state, args.drain_timeout)
