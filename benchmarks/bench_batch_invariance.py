@@ -17,12 +17,15 @@ default mode, and what EagerConfig(batch_invariant=True) costs (docs/reproducibi
   G = --prompts prompts; tokens generated per second of generate()'s wall time, the default
   mode against batch_invariant=True, best of --repeats alternated runs (the machine this was
   written on is shared: other jobs only slow a run down). A first untimed run warms up. Also printed for
-  the largest G: how many prompts' trees (token ids and branch steps) differ between the
+  each G > 1: how many prompts' trees (token ids and branch steps) differ between the
   default mode and the prompt run alone, and the largest |difference| of a path's
   log-probability between them; the same for the invariant mode (0 expected).
 
 Engines: llamacpp (the default engine, KV layout by call), llamacpp-streams (kv_unified=
-False: one KV stream per row), transformers.
+False: one KV stream per row), transformers. The invariant mode runs on transformers on
+TransformersEngine(model, batch_invariant=True) (the prompts in one batch; its deviation is
+printed too, 0 expected), or with --transformers-invariant isolated on the default engine
+(each prompt in calls of its own, as on the other engines).
 
 Needs the default model (models.py) and, for llamacpp, llama-cpp-python.
 """
@@ -40,18 +43,23 @@ from eager_kernels.evaluation.runner import EvalConfig
 from eager_kernels.evaluation.suites import build_suite
 
 
-def load_engine(kind: str, threads: int):
+def load_engines(kind: str, threads: int, transformers_invariant: str = "engine"):
+    """(the default mode's engine, the invariant mode's engine)."""
     if kind.startswith("llamacpp"):
         from eager_kernels.engines.llamacpp import LlamaCppEngine
         from eager_kernels.engines.models import default_gguf_path
 
-        return LlamaCppEngine(default_gguf_path(), n_threads=threads,
-                              kv_unified=False if kind == "llamacpp-streams" else None)
+        engine = LlamaCppEngine(default_gguf_path(), n_threads=threads,
+                                kv_unified=False if kind == "llamacpp-streams" else None)
+        return engine, engine
     from eager_kernels.engines import TransformersEngine
     from eager_kernels.engines.models import load_default_model
 
     model, tok = load_default_model()
-    return TransformersEngine(model, tokenizer=tok)
+    engine = TransformersEngine(model, tokenizer=tok)
+    if transformers_invariant == "isolated":
+        return engine, engine
+    return engine, TransformersEngine(model, tokenizer=tok, batch_invariant=True)
 
 
 def suite_prompts(engine, n: int) -> list:
@@ -128,31 +136,37 @@ def _trees_one(r):
     return [(p.token_ids, p.branch_steps) for p in r.paths]
 
 
-def cost(engine, prompts, counts, rows, new_tokens, repeats) -> list:
+def cost(engine, inv_engine, prompts, counts, rows, new_tokens, repeats, trees=True) -> list:
+    """inv_engine: the engine of the invariant mode's runs (engine itself, or one that is
+    batch-invariant)."""
     table = []
+    engines = {False: engine, True: inv_engine}
     for G in counts:
         ps = prompts[:G]
         keys = list(range(G))
         rates = {False: [], True: []}
         outs = {}
         cfg = {inv: cost_config(rows, new_tokens, inv, engine.vocab_size - 1) for inv in (False, True)}
-        generate(engine, ps, cfg[False], prompt_keys=keys)  # warm-up (context sizes, allocator)
+        for inv in (False, True):  # warm-up (context sizes, allocator; the invariant engine's probes)
+            generate(engines[inv], ps, cfg[inv], prompt_keys=keys)
         for _ in range(repeats):
             for inv in (False, True):
                 t0 = time.perf_counter()
-                out = generate(engine, ps, cfg[inv], prompt_keys=keys)
+                out = generate(engines[inv], ps, cfg[inv], prompt_keys=keys)
                 wall = time.perf_counter() - t0
                 rates[inv].append(out.metrics.tokens_generated / wall)
                 outs[inv] = out
+                print(f"    G={G:>2} {'invariant' if inv else 'default':9s} {rates[inv][-1]:8.1f} tok/s ({wall:.1f} s; "
+                      f"load average {os.getloadavg()[0]:.1f})", flush=True)
         # best of the repeats: on a shared machine other jobs only ever slow a run down
         row = {"G": G, "rows": G * rows, "tokens": outs[False].metrics.tokens_generated,
                "default": max(rates[False]), "invariant": max(rates[True])}
         row["ratio"] = row["invariant"] / row["default"]
-        if G > 1:
-            alone = [generate(engine, [p], cfg[False], prompt_keys=[k]).results[0]
-                     for p, k in zip(ps, keys)]
-            row["default_trees_differ"], row["default_logprob_gap"] = tree_gap(outs[False], alone)
-            row["invariant_trees_differ"], row["invariant_logprob_gap"] = tree_gap(outs[True], alone)
+        if G > 1 and trees:
+            for inv, name in ((False, "default"), (True, "invariant")):
+                alone = [generate(engines[inv], [p], cfg[inv], prompt_keys=[k]).results[0]
+                         for p, k in zip(ps, keys)]
+                row[f"{name}_trees_differ"], row[f"{name}_logprob_gap"] = tree_gap(outs[inv], alone)
         table.append(row)
         print(_fmt(row), flush=True)
     return table
@@ -179,6 +193,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parts", nargs="+", default=["deviation", "cost"], choices=["deviation", "cost"])
+    ap.add_argument("--transformers-invariant", default="engine", choices=["engine", "isolated"],
+                    help="the invariant mode on transformers: TransformersEngine(batch_invariant=True) (engine), or "
+                         "each prompt in calls of its own on the default engine (isolated)")
+    ap.add_argument("--no-trees", action="store_true",
+                    help="cost: skip the trees' comparison with each prompt alone (2 G more runs per G)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     versions = [f"torch {torch.__version__}"]
@@ -198,20 +217,25 @@ def main(argv=None) -> int:
           f"{len(os.sched_getaffinity(0))} CPUs visible, {args.threads} threads; {', '.join(versions)}")
     print("# python " + " ".join(["benchmarks/bench_batch_invariance.py"] + (argv if argv is not None else sys.argv[1:])))
     for kind in args.engines:
-        engine = load_engine(kind, args.threads)
-        print(f"\n== {kind} (SmolLM2-135M-Instruct, default weights; batch_invariant={engine.batch_invariant})")
+        engine, inv_engine = load_engines(kind, args.threads, args.transformers_invariant)
+        how = ("one batch on TransformersEngine(batch_invariant=True)" if inv_engine is not engine
+               else "each prompt in calls of its own")
+        print(f"\n== {kind} (SmolLM2-135M-Instruct, default weights; batch_invariant={engine.batch_invariant}; "
+              f"invariant mode: {how})")
         prompts = suite_prompts(engine, max(args.max_prompts, max(args.prompts)))
         with torch.inference_mode():
             if "deviation" in args.parts:
                 counts = [g for g in args.prompts if 1 < g <= args.max_prompts] or [args.max_prompts]
-                for G, d in deviation(engine, prompts, counts, args.rows, args.new_tokens).items():
-                    print(f"deviation, {G} prompts x {args.rows} rows, {args.new_tokens} steps, batch against "
-                          f"alone: max |d log-prob| prefill {d['prefill']:.3g}, decode {d['decode']:.3g}; "
-                          f"bit-identical: {d['equal_bits']}", flush=True)
+                for eng in [engine] + ([inv_engine] if inv_engine is not engine else []):
+                    label = " (batch_invariant=True engine)" if eng.batch_invariant else ""
+                    for G, d in deviation(eng, prompts, counts, args.rows, args.new_tokens).items():
+                        print(f"deviation{label}, {G} prompts x {args.rows} rows, {args.new_tokens} steps, batch "
+                              f"against alone: max |d log-prob| prefill {d['prefill']:.3g}, decode {d['decode']:.3g}; "
+                              f"bit-identical: {d['equal_bits']}", flush=True)
             if "cost" in args.parts:
                 print(f"cost: seed policy, {args.rows} rows per prompt, {args.new_tokens} new tokens, best of "
                       f"{args.repeats} alternated runs (load average before: {os.getloadavg()[0]:.1f})", flush=True)
-                cost(engine, prompts, args.prompts, args.rows, args.new_tokens, args.repeats)
+                cost(engine, inv_engine, prompts, args.prompts, args.rows, args.new_tokens, args.repeats, not args.no_trees)
     return 0
 
 
