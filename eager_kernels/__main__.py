@@ -31,11 +31,11 @@ GENERATE_OPTIONS = ("policy", "max_new_tokens", "max_paths_per_prompt", "tempera
                     "stop_branching_at", "batch_invariant")
 
 
-def _load(model_dir):
-    """(transformers model, tokenizer, name, load seconds)."""
+def _load(model_dir, batch_invariant=False):
+    """(transformers model, or its batch-invariant engine: select.load; tokenizer, name, load seconds)."""
     from .engines.select import load
 
-    return load("transformers", model_dir=model_dir)
+    return load("transformers", model_dir=model_dir, batch_invariant=batch_invariant)
 
 
 def _load_llamacpp(gguf, threads, model_dir=None, batch_invariant=False):
@@ -121,7 +121,7 @@ def cmd_generate(args) -> int:
     elif gguf:
         raise ValueError("--gguf needs --engine llamacpp (or auto with llama-cpp-python installed)")
     else:
-        model, tok, name, load_s = _load(args.model)
+        model, tok, name, load_s = _load(args.model, cfg.batch_invariant)
     progress = args.progress if args.progress is not None else args.max_new_tokens > 32
     print(f"model: {name} (loaded in {load_s:.1f} s); policy: {cfg.policy}; backend: {cfg.backend}; "
           f"M = {cfg.max_paths_per_prompt}; max_new_tokens = {cfg.max_new_tokens}")

@@ -318,3 +318,17 @@ def test_the_workload_needs_the_fix(tiny, monkeypatch, disabled):
         _check_engine_rows(engine, PROMPTS, (2, 4, 16), [9, 17, 33, 5])
     with pytest.raises(AssertionError):
         _check_any_batch(engine, _cfg("seed"), (4, 16))
+
+
+def test_select_falls_back_to_the_model_where_the_probe_refuses(tiny):
+    """The command line's loader (serve, generate and eval with batch invariance): the
+    invariant engine where the probe passes, else a warning that says why and the model
+    (whose prompts the sampler then isolates)."""
+    from eager_kernels.engines.select import invariant_transformers
+
+    eng = invariant_transformers(tiny, None)
+    assert isinstance(eng, TransformersEngine) and eng.batch_invariant is True
+    model = copy.deepcopy(tiny)
+    _batch_dependent(model.model.layers[0].mlp.down_proj)
+    with pytest.warns(UserWarning, match=r"down_proj.*calls of its own"):
+        assert invariant_transformers(model, None) is model

@@ -33,8 +33,9 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=Non
     """(model or engine, tokenizer, display name, load seconds) for `engine` (resolved);
     kv_unified: the llama.cpp engine's KV layout (LlamaCppEngine; None: its own choice).
     batch_invariant: for a caller that runs EagerConfig(batch_invariant=True): the llama.cpp
-    engine in its batch-invariant mode where it holds (invariant_llamacpp), so that prompts
-    share decode steps; elsewhere the default engine (the sampler then isolates prompts)."""
+    or transformers engine in its batch-invariant mode where it holds (invariant_llamacpp,
+    invariant_transformers), so that prompts share decode steps; elsewhere the default
+    engine (the sampler then isolates prompts)."""
     t0 = time.perf_counter()
     if engine == "vllm":
         return _load_vllm(model_dir, gguf, t0)
@@ -66,6 +67,8 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=Non
     else:
         model, tok = load_default_model()
         name = "SmolLM2-135M-Instruct (default)"
+    if batch_invariant:
+        model = invariant_transformers(model, tok)
     return model, tok, f"{name} on transformers", time.perf_counter() - t0
 
 
@@ -83,6 +86,20 @@ def invariant_llamacpp(path, threads=None):
             raise
         warnings.warn(f"{e}; each prompt decodes in llama.cpp calls of its own", stacklevel=3)
         return None
+
+
+def invariant_transformers(model, tokenizer):
+    """TransformersEngine(model, batch_invariant=True), or the model itself (with a warning
+    that says why) where the engine's probe finds a row that depends on its batch."""
+    import warnings
+
+    from .transformers import BatchInvarianceError, TransformersEngine
+
+    try:
+        return TransformersEngine(model, tokenizer=tokenizer, batch_invariant=True)
+    except BatchInvarianceError as e:
+        warnings.warn(f"{e}; each prompt decodes in calls of its own", stacklevel=3)
+        return model
 
 
 def _load_vllm(model_dir, gguf, t0):
@@ -111,8 +128,8 @@ def default_model_factory(path: Optional[str] = None, *, engine: str = "transfor
                           gguf: Optional[str] = None, threads: Optional[int] = 1, batch_invariant: bool = False):
     """A picklable factory of (model or engine, tokenizer): on the transformers engine the
     default model (path None) or a local model directory; on the llama.cpp engine
-    (engine="llamacpp") the default GGUF or `gguf`, with `threads` llama.cpp threads, in its
-    batch-invariant mode with batch_invariant=True where that holds (load)."""
+    (engine="llamacpp") the default GGUF or `gguf`, with `threads` llama.cpp threads; with
+    batch_invariant=True the engine in its batch-invariant mode where that holds (load)."""
     if engine not in ("transformers", "llamacpp"):
         raise ValueError(f"engine: expected 'transformers' or 'llamacpp', got {engine!r}")
     return _ModelFactory(path, engine, gguf, threads, batch_invariant)
@@ -130,4 +147,5 @@ class _ModelFactory:
             return model, tok
         from .models import load_default_model, load_model
 
-        return load_model(self.path) if self.path else load_default_model()
+        model, tok = load_model(self.path) if self.path else load_default_model()
+        return (invariant_transformers(model, tok) if self.batch_invariant else model), tok

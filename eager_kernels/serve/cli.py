@@ -70,7 +70,7 @@ def load_engine(args):
     elif engine == "vllm":
         ctx = model.max_model_len
     else:
-        ctx = getattr(model.config, "max_position_embeddings", None)
+        ctx = getattr(getattr(model, "model", model).config, "max_position_embeddings", None)
     if args.gguf:
         name = os.path.splitext(os.path.basename(args.gguf))[0]
     elif args.model:
