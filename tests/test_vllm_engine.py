@@ -382,6 +382,21 @@ def test_unloadable_models(tmp_path):
 
 
 @needs_vllm
+def test_batch_invariant_variable_refused_on_cpu(tmp_path, monkeypatch):
+    """VLLM_BATCH_INVARIANT=1 breaks vLLM's CPU platform (docs/vllm.md): refused before the
+    LLM is created, naming the variable."""
+    from vllm.platforms import current_platform
+
+    from eager_kernels.engines.vllm_engine import VllmEngine
+
+    if current_platform.device_type != "cpu":
+        pytest.skip("the refusal is for vLLM's CPU platform")
+    monkeypatch.setenv("VLLM_BATCH_INVARIANT", "1")
+    with pytest.raises(ValueError, match="VLLM_BATCH_INVARIANT=1: vLLM's batch-invariant mode does not run"):
+        VllmEngine(tmp_path)
+
+
+@needs_vllm
 def test_an_llm_without_the_processor_is_refused(engine):
     from eager_kernels.engines.vllm_engine import VllmEngine
 

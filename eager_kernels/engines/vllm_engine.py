@@ -60,6 +60,23 @@ def import_vllm():
     return vllm
 
 
+def _refuse_batch_invariant_on_cpu() -> None:
+    """VLLM_BATCH_INVARIANT=1 on vLLM's CPU platform swaps torch's CPU softmax, mean and bmm
+    for Triton kernels that cannot run there (no Triton CPU backend): the first step fails
+    and every later CPU softmax in the process too (docs/vllm.md, "Batch invariance").
+    Refused before the LLM is created."""
+    from vllm.platforms import current_platform
+
+    try:  # read as vllm/envs.py reads it (not through envs: vLLM caches it once a service started)
+        wanted = bool(int(os.environ.get("VLLM_BATCH_INVARIANT", "0")))
+    except ValueError:
+        wanted = False
+    if wanted and current_platform.device_type == "cpu":
+        raise ValueError("VLLM_BATCH_INVARIANT=1: vLLM's batch-invariant mode does not run on its CPU platform "
+                         "(its kernels are Triton ones with no CPU backend); unset it, and use "
+                         "EagerConfig(batch_invariant=True) for batch-invariant trees on this engine")
+
+
 # ---------------------------------------------------------------------------------------
 # The logits processor (runs inside vLLM's sampler, in the step thread)
 # ---------------------------------------------------------------------------------------
@@ -284,6 +301,7 @@ class VllmEngine(Engine):
     def __init__(self, model_or_llm, *, tokenizer=None, **engine_args):
         vllm = import_vllm()
         if isinstance(model_or_llm, (str, os.PathLike)):
+            _refuse_batch_invariant_on_cpu()
             self.llm = _create_llm(vllm, Path(model_or_llm), engine_args)
         else:
             if engine_args:
