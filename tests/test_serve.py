@@ -262,19 +262,25 @@ def _varied(i: int) -> dict:
                 extra_body={"eager": eager})
 
 
-@pytest.mark.slow
-def test_16_concurrent_requests_equal_each_alone(server):
+def _alone_then_together(server, n: int):
+    """n varied requests sent one at a time, then the same n at once: (alone, together, decode
+    steps during the concurrent ones, requests summed over those steps)."""
     client = _client(server)
-    alone = [_same(client.completions.create(**_varied(i)).model_dump()) for i in range(16)]
+    alone = [_same(client.completions.create(**_varied(i)).model_dump()) for i in range(n)]
     before = server.metric("eager_serve_batch_requests_count")
     before_sum = server.metric("eager_serve_batch_requests_sum")
-    with ThreadPoolExecutor(16) as pool:
-        together = list(pool.map(lambda i: _same(client.completions.create(**_varied(i)).model_dump()), range(16)))
-    assert together == alone
+    with ThreadPoolExecutor(n) as pool:
+        together = list(pool.map(lambda i: _same(client.completions.create(**_varied(i)).model_dump()), range(n)))
+    steps = server.metric("eager_serve_batch_requests_count") - before
+    return alone, together, steps, server.metric("eager_serve_batch_requests_sum") - before_sum
+
+
+@pytest.mark.slow
+def test_16_concurrent_requests_equal_each_alone(server):
     # The default server runs the llama.cpp engine in its batch-invariant mode: the requests
     # shared decode steps and still got what they get alone
-    steps = server.metric("eager_serve_batch_requests_count") - before
-    requests = server.metric("eager_serve_batch_requests_sum") - before_sum
+    alone, together, steps, requests = _alone_then_together(server, 16)
+    assert together == alone
     assert steps > 0 and requests > 1.5 * steps
 
 
@@ -284,15 +290,9 @@ def test_requests_decode_alone_where_the_engine_is_not_invariant():
     # request decodes in steps of its own (every step held one request), with the same results
     s = Server("--kv-layout", "unified")
     try:
-        client = _client(s)
-        alone = [_same(client.completions.create(**_varied(i)).model_dump()) for i in range(4)]
-        before = s.metric("eager_serve_batch_requests_count")
-        before_sum = s.metric("eager_serve_batch_requests_sum")
-        with ThreadPoolExecutor(4) as pool:
-            together = list(pool.map(lambda i: _same(client.completions.create(**_varied(i)).model_dump()), range(4)))
+        alone, together, steps, requests = _alone_then_together(s, 4)
         assert together == alone
-        steps = s.metric("eager_serve_batch_requests_count") - before
-        assert steps > 0 and s.metric("eager_serve_batch_requests_sum") - before_sum == steps
+        assert steps > 0 and requests == steps
     finally:
         s.stop()
 
