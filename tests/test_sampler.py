@@ -391,7 +391,8 @@ def test_cli_generate_tiny(tiny, capsys, monkeypatch):
         def __call__(self, text):
             return {"input_ids": [1] + self.encode(text)}
 
-    monkeypatch.setattr(cli, "_load", lambda model_dir: (tiny, TextTokenizer(), "tiny (test)", 0.0))
+    monkeypatch.setattr(cli, "_load",
+                        lambda model_dir, batch_invariant=False: (tiny, TextTokenizer(), "tiny (test)", 0.0))
     assert cli.main(["generate", "What is 17 + 25?", "--max-new-tokens", "4", "--max-paths", "3", "--show", "2",
                      "--backend", "torch", "--engine", "transformers"]) == 0
     text = capsys.readouterr().out
@@ -428,7 +429,7 @@ def test_real_smollm2_few_steps(smollm2):
 def test_cli_generate(smollm2, capsys, monkeypatch):
     import eager_kernels.__main__ as cli
 
-    monkeypatch.setattr(cli, "_load", lambda model_dir: (*smollm2, "SmolLM2 (test)", 0.0))
+    monkeypatch.setattr(cli, "_load", lambda model_dir, batch_invariant=False: (*smollm2, "SmolLM2 (test)", 0.0))
     assert cli.main(["generate", "What is 17 + 25?", "--max-new-tokens", "2", "--show", "2",
                      "--engine", "transformers"]) == 0
     text = capsys.readouterr().out

@@ -80,7 +80,7 @@ def test_cli_generate_html_and_plot(result, tmp_path, monkeypatch, capsys):
         def decode(self, ids, skip_special_tokens=True):
             return " ".join(map(str, ids))
 
-    monkeypatch.setattr(cli, "_load", lambda model_dir: (model, Tok(), "tiny (test)", 0.0))
+    monkeypatch.setattr(cli, "_load", lambda model_dir, batch_invariant=False: (model, Tok(), "tiny (test)", 0.0))
     page, image = tmp_path / "t.html", tmp_path / "t.png"
     assert cli.main(["generate", "hello", "--policy", "paper", "--max-new-tokens", "6", "--max-paths", "3",
                      "--backend", "torch", "--engine", "transformers", "--html", str(page), "--plot", str(image)]) == 0
