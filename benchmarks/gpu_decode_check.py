@@ -23,7 +23,6 @@ with the device, versions and date.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import statistics
 import time
@@ -148,11 +147,9 @@ def main(argv=None) -> int:
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
-    fields = list(rows[0].keys()) + ["same_tree_as_torch", "max_abs_logprob_diff"]
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    from eager_kernels.bench.common import write_csv
+
+    write_csv(rows, args.out, list(rows[0].keys()) + ["same_tree_as_torch", "max_abs_logprob_diff"])
     print(f"{dev}, torch {torch.__version__}, triton {triton.__version__}, {date}; rows in {args.out}")
     return 0
 

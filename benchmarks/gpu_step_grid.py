@@ -27,7 +27,6 @@ stops starting cases after --budget-s seconds. --dry-run: CPU, the Triton interp
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -184,10 +183,7 @@ def main(argv=None) -> int:
                     print(f"# budget of {args.budget_s:.0f} s spent: stopping before {dtype} B={rows} V={vocab}")
                     return 0
                 rows_out += _case(getattr(torch, dtype), rows, vocab, device, env, copy_gbps, args.dry_run)
-                with open(args.out, "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=FIELDS)
-                    w.writeheader()
-                    w.writerows(rows_out)
+                bm.write_csv(rows_out, args.out, FIELDS)
     print(f"# rows in {args.out}")
     return 0
 

@@ -20,7 +20,7 @@ import torch
 import eager_kernels as ek
 from eager_kernels.bench import common as bm
 from eager_kernels.kernels import triton as tk
-from eager_kernels.bench.kernels import write_csv
+from eager_kernels.bench.common import write_csv
 
 BLOCKS = (1024, 2048, 4096)
 WARPS = (4, 8, 16)

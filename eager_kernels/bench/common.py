@@ -195,3 +195,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+def write_csv(rows, path, fields=None) -> None:
+    """rows (dicts) to a CSV file at path (its folder made), columns `fields` or the first
+    row's keys."""
+    import csv
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields or rows[0]))
+        w.writeheader()
+        w.writerows(rows)

@@ -40,12 +40,12 @@ import csv
 import datetime
 import os
 import sys
-from pathlib import Path
 
 import torch
 
 from ..kernels.history import EntropyHistory
 from ..kernels.registry import cpu_extension_available
+from .common import write_csv
 
 BACKENDS = ("torch", "compile", "reference", "cpu", "triton")
 OPS = ("entropy", "entropy_top20", "topk_logprobs", "sample", "threshold", "eager_step", "eager_step_greedy")
@@ -299,14 +299,6 @@ def _line(dtype, b, v, op, backends, fused, times, floor, nbytes, kernel=None):
             ratio = kt / kf if kf > 0 else float("nan")
             kern = f"{kt * 1e6:>11.1f}{kf * 1e6:>11.1f}{ratio:>8.1f}x"
     return f"{dtype:>8} {b:>4} {v:>7} {op:<18}{cols}{extra}{kern}"
-
-
-def write_csv(rows, path):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def read_csv(path) -> list[dict]:
