@@ -40,7 +40,7 @@ from .config import EagerConfig
 from .keys import root_keys
 from .memory import check_memory
 from .paths import PathTable
-from .step import Groups, candidates, child_counts, group_count, keep_and_order
+from .step import Groups, candidates, child_counts, keep_and_order
 
 
 @dataclass(eq=False)
@@ -64,10 +64,15 @@ class Unit:
     state: str = "waiting"  # waiting, running, done, aborted
     peak: list = field(default_factory=list)  # most active rows of each prompt
     events: list = field(default_factory=list)  # branch events of each prompt
-    active: int = 0  # active rows after the last step
+    rows: list = field(default_factory=list)  # active rows of each prompt after the last step
     tokens: int = 0  # tokens generated so far
     _bar: object = None
     _t0: float = 0.0
+
+    @property
+    def active(self) -> int:
+        """Active rows after the last step."""
+        return sum(self.rows)
 
     @property
     def keep(self) -> list:
@@ -170,12 +175,12 @@ class Scheduler:
         units, g = list(self.running), self._group_settings()
         res = self._sample(g)  # 2
         c, keep, order, branched = self._expand(res, g, units)  # 3
-        n_act, n_fin, ident, per_unit = self._read_counts(c, keep, order, branched, g, units)  # 4
+        n_act, n_fin, ident, rows_g, per_unit = self._read_counts(c, keep, order, branched, g, units)  # 4
         self._commit(c, res, order[: n_act + n_fin], self.table.R, n_act, branched)
         self._account(units, *per_unit)
         self._groups.step += self._live_groups
         if n_act:
-            self._peak = torch.maximum(self._peak, group_count(self.table.grp[:n_act], g.num))
+            self._peak = torch.maximum(self._peak, rows_g)
         done = [u for u in units if u.active == 0]
         if done:
             self._finish(done)  # 5
@@ -196,29 +201,30 @@ class Scheduler:
 
     def _read_counts(self, c, keep, order, branched, g: Groups, units: list) -> tuple:
         """Part 4, the one host read of a step: rows that go on, finished rows kept, whether
-        the cache order changed, and (per_unit) each unit's active rows and new tokens and
-        each group's branch events."""
-        R, U, dev = self.table.R, len(units), self.device
+        the cache order changed, each group's active rows (also returned on the device),
+        and (per_unit) each group's active rows, each unit's new tokens and each group's
+        branch events."""
+        R, U, G, dev = self.table.R, len(units), g.num, self.device
         going_on = keep & ~c.finished
         n_act = going_on.sum()
         m = min(R, order.numel())
         ident = (n_act == R) & (c.src[order[:m]] == torch.arange(m, device=dev)).all()
-        per_unit = torch.zeros(2 * U, dtype=torch.int64, device=dev)
-        per_unit.scatter_add_(0, self._unit_index[c.grp], going_on.to(torch.int64))
-        per_unit.scatter_add_(0, U + self._unit_index[c.grp], (keep & c.is_new).to(torch.int64))
-        events = torch.zeros(g.num, dtype=torch.int64, device=dev).scatter_add_(
+        rows_g = torch.zeros(G, dtype=torch.int64, device=dev).scatter_add_(0, c.grp, going_on.to(torch.int64))
+        new_u = torch.zeros(U, dtype=torch.int64, device=dev).scatter_add_(
+            0, self._unit_index[c.grp], (keep & c.is_new).to(torch.int64))
+        events = torch.zeros(G, dtype=torch.int64, device=dev).scatter_add_(
             0, self.table.grp[:R], branched.to(torch.int64))
-        packed = torch.cat([torch.stack([n_act, (keep & c.finished).sum(), ident.to(torch.int64)]), per_unit,
-                            events]).tolist()
-        per_unit = (packed[3:3 + U], packed[3 + U:3 + 2 * U], packed[3 + 2 * U:])
-        return packed[0], packed[1], bool(packed[2]), per_unit
+        packed = torch.cat([torch.stack([n_act, (keep & c.finished).sum(), ident.to(torch.int64)]), rows_g,
+                            new_u, events]).tolist()
+        per_unit = (packed[3:3 + G], packed[3 + G:3 + G + U], packed[3 + G + U:])
+        return packed[0], packed[1], bool(packed[2]), rows_g, per_unit
 
-    def _account(self, units: list, act_u: list, new_u: list, ev: list) -> None:
+    def _account(self, units: list, rows_g: list, new_u: list, ev: list) -> None:
         """The step's counts to the units (after the commit: it writes at their old step)."""
         for i, u in enumerate(units):
             made = [ev[slot] for slot in u.slots]
             u.events = [a + b for a, b in zip(u.events, made)]
-            u.active, u.step, u.tokens = act_u[i], u.step + 1, u.tokens + new_u[i]
+            u.rows, u.step, u.tokens = [rows_g[s] for s in u.slots], u.step + 1, u.tokens + new_u[i]
             if u.metrics is not None:
                 u.metrics.branch_events += sum(made)
                 u.metrics.tokens_generated += new_u[i]
@@ -327,7 +333,7 @@ class Scheduler:
                 self._slot_unit.append(u)
             slots.append(s)
         self._fresh_slots += slots
-        u.slots, u.step, u.state, u.active = slots, 0, "running", len(slots)
+        u.slots, u.step, u.state, u.rows = slots, 0, "running", [1] * len(slots)
         u.peak, u.events = [1] * len(slots), [0] * len(slots)
         cap = max(1, u.cfg.max_new_tokens * max(u.keep))
         G = len(self._slot_unit)
@@ -417,9 +423,13 @@ class Scheduler:
         runs, start = [], 0
         for u in self.running:
             n = u.active
-            if u.cfg.batch_invariant and n:
-                runs.extend([None, u, b - a, start + a] for a, b in _group_runs(self.table.grp[start:start + n]))
-            elif runs and runs[-1][0] is not None and runs[-1][0] == u.sample_key:
+            if u.cfg.batch_invariant:  # a prompt's active rows are contiguous, in the order of u.slots
+                for r in u.rows:
+                    if r:
+                        runs.append([None, u, r, start])
+                        start += r
+                continue
+            if runs and runs[-1][0] is not None and runs[-1][0] == u.sample_key:
                 runs[-1][2] += n
             else:
                 runs.append([u.sample_key, u, n, start])
@@ -515,13 +525,6 @@ class Scheduler:
         if u._bar is not None:
             u._bar.close()
             u._bar = None
-
-
-def _group_runs(grp: torch.Tensor) -> list:
-    """(start, end) of each run of equal group ids (a prompt's active rows are contiguous)."""
-    ids = grp.tolist()
-    cuts = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
-    return list(zip([0] + cuts, cuts + [len(ids)]))
 
 
 def _concat_results(results: list):
