@@ -29,6 +29,12 @@ class BackendUnavailableError(ValueError, RuntimeError):
     the issue of a bad argument; also a RuntimeError, what this case raised before)."""
 
 
+class BatchInvarianceError(ValueError, RuntimeError):
+    """An engine's batch-invariant mode cannot be claimed for this model, build or machine
+    (LlamaCppEngine and TransformersEngine with batch_invariant=True); the message says why.
+    A ValueError, as for a bad argument; a RuntimeError, as a probe's finding."""
+
+
 _found: set = set()
 
 

@@ -62,6 +62,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..errors import BatchInvarianceError
 from .base import Engine
 from .llamacpp_build import AMX_FEATURE
 
@@ -407,8 +408,8 @@ class LlamaCppEngine(Engine):
             why = invariance_blocker(path, lib, self._model, self.build_features, extra_buffers)
             if why is not None:
                 self.close()
-                raise ValueError(f"batch_invariant=True: {why}; use EagerConfig(batch_invariant=True) with "
-                                 "batch_invariant=False here instead (each prompt in calls of its own)")
+                raise BatchInvarianceError(f"batch_invariant=True: {why}; use EagerConfig(batch_invariant=True) with "
+                                           "batch_invariant=False here instead (each prompt in calls of its own)")
             self.batch_invariant = True
             self.batch_deviation = 0.0
 

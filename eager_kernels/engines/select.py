@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
+
+from ..errors import BatchInvarianceError
 
 ENGINES = ("auto", "transformers", "llamacpp", "vllm")
 
@@ -33,9 +36,9 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=Non
     """(model or engine, tokenizer, display name, load seconds) for `engine` (resolved);
     kv_unified: the llama.cpp engine's KV layout (LlamaCppEngine; None: its own choice).
     batch_invariant: for a caller that runs EagerConfig(batch_invariant=True): the llama.cpp
-    or transformers engine in its batch-invariant mode where it holds (invariant_llamacpp,
-    invariant_transformers), so that prompts share decode steps; elsewhere the default
-    engine (the sampler then isolates prompts)."""
+    or transformers engine in its batch-invariant mode where it holds (invariant_or), so
+    that prompts share decode steps; elsewhere the default engine (the sampler then
+    isolates prompts)."""
     t0 = time.perf_counter()
     if engine == "vllm":
         return _load_vllm(model_dir, gguf, t0)
@@ -51,11 +54,13 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=Non
 
             path = default_gguf_path()
             name = f"SmolLM2-135M-Instruct (default, GGUF {GGUF_WEIGHT_TYPE.upper()})"
-        eng = None
+        def default():
+            return LlamaCppEngine(path, n_threads=threads, kv_unified=kv_unified)
+
         if batch_invariant and kv_unified is not True:
-            eng = invariant_llamacpp(path, threads)
-        if eng is None:
-            eng = LlamaCppEngine(path, n_threads=threads, kv_unified=kv_unified)
+            eng = invariant_or(lambda: LlamaCppEngine(path, n_threads=threads, batch_invariant=True), default)
+        else:
+            eng = default()
         return eng, eng.tokenizer, f"{name} on llama.cpp", time.perf_counter() - t0
     if gguf:
         raise ValueError("--gguf needs --engine llamacpp (or auto with llama-cpp-python installed)")
@@ -72,34 +77,23 @@ def load(engine: str, *, model_dir=None, gguf=None, threads=None, kv_unified=Non
     return model, tok, f"{name} on transformers", time.perf_counter() - t0
 
 
-def invariant_llamacpp(path, threads=None):
-    """LlamaCppEngine(path, batch_invariant=True), or None (with a warning that says why)
-    where that mode is not claimed for this GGUF, build or CPU (llamacpp.invariance_blocker)."""
-    import warnings
-
-    from .llamacpp import LlamaCppEngine
-
+def invariant_or(make, fallback):
+    """make(): an engine in its batch-invariant mode; where that mode is not claimed for the
+    model, build or machine (BatchInvarianceError), a warning that says why and fallback(),
+    whose prompts the sampler then isolates."""
     try:
-        return LlamaCppEngine(path, n_threads=threads, batch_invariant=True)
-    except ValueError as e:
-        if not str(e).startswith("batch_invariant=True:"):
-            raise
-        warnings.warn(f"{e}; each prompt decodes in llama.cpp calls of its own", stacklevel=3)
-        return None
+        return make()
+    except BatchInvarianceError as e:
+        warnings.warn(f"{e}; each prompt decodes in calls of its own", stacklevel=3)
+        return fallback()
 
 
 def invariant_transformers(model, tokenizer):
-    """TransformersEngine(model, batch_invariant=True), or the model itself (with a warning
-    that says why) where the engine's probe finds a row that depends on its batch."""
-    import warnings
+    """TransformersEngine(model, batch_invariant=True), or the model itself (invariant_or)."""
+    from .transformers import TransformersEngine
 
-    from .transformers import BatchInvarianceError, TransformersEngine
-
-    try:
-        return TransformersEngine(model, tokenizer=tokenizer, batch_invariant=True)
-    except BatchInvarianceError as e:
-        warnings.warn(f"{e}; each prompt decodes in calls of its own", stacklevel=3)
-        return model
+    return invariant_or(lambda: TransformersEngine(model, tokenizer=tokenizer, batch_invariant=True),
+                        lambda: model)
 
 
 def _load_vllm(model_dir, gguf, t0):

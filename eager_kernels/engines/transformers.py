@@ -28,6 +28,7 @@ import inspect
 
 import torch
 
+from ..errors import BatchInvarianceError
 from .base import Engine
 
 ROW_MULTIPLE = 8  # decode batches are padded to a multiple of this many rows (invariant mode)
@@ -77,10 +78,6 @@ def _model_eos(model) -> list:
     if src is None:
         return []
     return [int(x) for x in ([src] if isinstance(src, int) else src)]
-
-
-class BatchInvarianceError(RuntimeError):
-    """The batch-invariant mode's probe found a row whose result depends on the batch."""
 
 
 def _padded_rows(rows: int) -> int:
