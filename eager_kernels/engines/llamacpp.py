@@ -635,8 +635,6 @@ class LlamaCppEngine(Engine):
         return first
 
     def reorder(self, src):
-        if self._invariant:
-            return self._reorder_compact(src.numpy())
         lib, mem = self._lib, self._mem
         src = src.numpy()
         old = self._seq
@@ -647,33 +645,28 @@ class LlamaCppEngine(Engine):
             self._free.append(int(s))
         first = np.zeros(src.shape[0], dtype=bool)
         first[np.unique(src, return_index=True)[1]] = True
-        new = old[src]
-        for i in np.flatnonzero(~first):  # forks: a second (third...) row of the same parent
-            if not self._free:
-                raise RuntimeError("LlamaCppEngine: more rows than the context's sequence slots")
-            dst = self._free.pop()
-            lib.llama_memory_seq_cp(mem, int(new[i]), dst, -1, -1)
-            new[i] = dst
+        new = old[src].copy()
+        if self._invariant:
+            self._compact_ids(new, first)
+        else:
+            for i in np.flatnonzero(~first):  # forks: a second (third...) row of the same parent
+                if not self._free:
+                    raise RuntimeError("LlamaCppEngine: more rows than the context's sequence slots")
+                dst = self._free.pop()
+                lib.llama_memory_seq_cp(mem, int(new[i]), dst, -1, -1)
+                new[i] = dst
         self._seq = new
         self._pos = self._pos[src]
 
-    def _reorder_compact(self, src) -> None:
-        """reorder() of the invariant mode: the new rows' sequence ids are 0..R'-1 again.
-        Dropped rows' sequences are removed; a kept row keeps its id if below R', else its
-        stream is copied to a free id below R' (llama_memory_seq_cp between streams, done
-        at the next decode) and removed; each fork copies its parent's stream to a free id
-        below R'. Every copy reads a stream that was live before the call and writes one
-        that was free, so the queued copies do not depend on their order."""
+    def _compact_ids(self, new, first) -> None:
+        """reorder()'s ids in the invariant mode: the R' new rows' sequence ids (`new`, in
+        place; `first`: a parent's first row) become 0..R'-1 again. A kept row keeps its id
+        if below R', else its stream is copied to a free id below R' (llama_memory_seq_cp
+        between streams, done at the next decode) and removed; each fork copies its parent's
+        stream to a free id below R'. Every copy reads a stream that was live before the
+        call and writes one that was free, so the queued copies do not depend on their order."""
         lib, mem = self._lib, self._mem
-        old = self._seq
-        R = int(src.shape[0])
-        kept = np.zeros(old.shape[0], dtype=bool)
-        kept[src] = True
-        for s in old[~kept]:
-            lib.llama_memory_seq_rm(mem, int(s), -1, -1)
-        first = np.zeros(R, dtype=bool)
-        first[np.unique(src, return_index=True)[1]] = True
-        new = old[src].copy()
+        R = int(new.shape[0])
         held = set(int(s) for s in new[first] if s < R)
         free = [i for i in range(R) if i not in held]  # ids below R' for forks and moves, ascending
         moved = []
@@ -686,8 +679,6 @@ class LlamaCppEngine(Engine):
                 new[i] = dst
         for s in moved:
             lib.llama_memory_seq_rm(mem, s, -1, -1)
-        self._seq = new
-        self._pos = self._pos[src]
         self._free = list(range(self._ctx_shape[1] - 1, R - 1, -1))
 
     def release(self):
