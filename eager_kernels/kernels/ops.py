@@ -369,7 +369,9 @@ class StepPlans:
         self._plans[key] = step  # the most recent last
         while len(self._plans) > self.size:
             self._plans.pop(next(iter(self._plans)))
-        group = history.check_group(group, logits.shape[0])
+        # ids out of range: the kernel flags them (status bit 4, the assert below); on CPU the
+        # check is cheap and must come before check_room
+        group = history.check_group(group, logits.shape[0], check_values=device.type == "cpu")
         if device.type == "cpu":
             history.check_room(group)
         res = step(logits, group)
