@@ -429,11 +429,8 @@ class TransformersEngine(Engine):
         self._cache = parts[0]
 
     def _prefill_invariant(self, prompts):
-        self._cache = None
-        logits, caches = zip(*[self._forward_alone(p) for p in prompts])
-        self._join(caches)
-        self._lens = [len(p) for p in prompts]
-        return torch.cat(logits)
+        self._cache, self._lens = None, []
+        return self._extend_invariant(prompts)
 
     def _extend_invariant(self, prompts):
         logits, caches = zip(*[self._forward_alone(p) for p in prompts])
